@@ -1,0 +1,35 @@
+# make demo: venv + install + the whole pipeline on the bundled sample (CPU, < 10 minutes)
+# make test: venv + install + the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+DEMO_DIR ?= runs/demo
+DEMO_STEPS ?= 300
+
+.PHONY: install demo test images clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) corpus/run_corpus_generation.py --output-dir $(DEMO_DIR)/corpus --overwrite --no-progress
+	$(PY) tokenizer/run_tokenizer_fitting.py --corpus-dir $(DEMO_DIR)/corpus/train \
+		--output-dir $(DEMO_DIR)/tokenizer --overwrite --no-progress
+	rm -rf $(DEMO_DIR)/job
+	$(PY) training/run_training.py --job-dir $(DEMO_DIR)/job --path-to-train-set $(DEMO_DIR)/corpus/train \
+		--path-to-val-set $(DEMO_DIR)/corpus/validation --path-to-tokenizer $(DEMO_DIR)/tokenizer \
+		--model-size tiny --max-steps $(DEMO_STEPS) --validate-every-n-steps 50 --checkpoint-every-n-steps 100 \
+		--lr 1e-3 --accelerator cpu
+	$(PY) training/run_fill_mask.py --model-dir $(DEMO_DIR)/job/model --top-k 5 \
+		"Little Sprout Organic Cotton Swaddle <mask>" "Moonbeam Anti-Colic <mask>, 9 oz"
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,27 @@
+"""Errors the three command-line scripts turn into a one-line message and an exit code."""
+import sys
+from typing import Callable
+
+
+class UsageError(Exception):
+    """The command line or its inputs are wrong (exit code 2)."""
+
+
+class PipelineError(Exception):
+    """Something went wrong while running (exit code 1)."""
+
+
+def run_main(main: Callable[[], None]) -> int:
+    """Run a script's main(); print bad input as one line on stderr instead of a traceback."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (PipelineError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

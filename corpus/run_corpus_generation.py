@@ -1,0 +1,86 @@
+"""Step 1: turn product reviews into a deduplicated, split, sharded one-sentence-per-line corpus.
+
+With no --data-files and no --dataset, the bundled synthetic sample is used.
+
+    python corpus/run_corpus_generation.py --output-dir data/corpus
+    python corpus/run_corpus_generation.py --data-files 'reviews/*.tsv.gz' --output-dir data/corpus
+    python corpus/run_corpus_generation.py --dataset McAuley-Lab/Amazon-Reviews-2023 \\
+        --dataset-type raw_meta_All_Beauty --text-column title --streaming --output-dir data/corpus
+"""
+import argparse
+import json
+import os
+import sys
+
+from corpus.errors import run_main
+from corpus.pipeline import CorpusConfig, generate_corpus
+
+SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "amazon_reviews_us_sample.tsv.gz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("input (one of; default: the bundled synthetic sample)")
+    src.add_argument("--data-files", nargs="+", metavar="PATH",
+                     help="local files or globs: Amazon review .tsv/.tsv.gz, .csv, .json, .jsonl, .parquet or .txt "
+                          "(one type per run; .txt gives a column named 'text')")
+    src.add_argument("--dataset", metavar="NAME", help="Hugging Face hub dataset name, loaded with `datasets`")
+    src.add_argument("--dataset-type", metavar="CONFIG", help="configuration (subset) of --dataset")
+    p.add_argument("--text-column", metavar="COL[,COL...]",
+                   help="column(s) holding the text; several are joined with a space "
+                        "(default: product_title, else title, else text)")
+    p.add_argument("--cache-dir", help="where `datasets` caches downloads and Arrow files (default: its own)")
+    p.add_argument("--output-dir", default="data/corpus", help="where to write the corpus (default: %(default)s)")
+    p.add_argument("--validation-sample-size", type=float, default=0.1,
+                   help="share of unique sentences put in validation, in (0, 1) (default: %(default)s)")
+    p.add_argument("--lines-per-shard", type=int, default=10_000, help="lines per .txt shard (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="salt of the split hash (default: %(default)s)")
+    p.add_argument("--lowercase", action="store_true", help="lowercase every sentence")
+    p.add_argument("--strip-punctuation", action="store_true", help="replace punctuation by spaces")
+    p.add_argument("--min-chars", type=int, default=1, help="drop sentences shorter than this (default: %(default)s)")
+    p.add_argument("--max-chars", type=int, default=0, help="drop sentences longer than this; 0 = no limit (default)")
+    p.add_argument("--max-rows", type=int, default=0, help="read at most this many rows; 0 = all (default)")
+    p.add_argument("--streaming", action="store_true",
+                   help="stream hub/local datasets instead of converting them to Arrow first (TSVs always stream)")
+    p.add_argument("--num-proc", type=int, default=1, help="processes for normalisation (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing corpus in --output-dir (only once the new one is complete)")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> CorpusConfig:
+    no_input = not args.data_files and not args.dataset
+    return CorpusConfig(
+        output_dir=args.output_dir,
+        data_files=[SAMPLE_FILE] if no_input else args.data_files,
+        dataset=args.dataset,
+        dataset_config=args.dataset_type,
+        text_columns=[c.strip() for c in args.text_column.split(",") if c.strip()] if args.text_column else None,
+        cache_dir=args.cache_dir,
+        validation_size=args.validation_sample_size,
+        lines_per_shard=args.lines_per_shard,
+        seed=args.seed,
+        lowercase=args.lowercase,
+        strip_punctuation=args.strip_punctuation,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        max_rows=args.max_rows,
+        streaming=args.streaming,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    manifest = generate_corpus(config_from_args(args))
+    summary = {k: manifest[k] for k in ("rows_read", "rows_kept", "duplicates_removed", "dropped")}
+    summary.update({f"{s}_lines": manifest["splits"][s]["lines"] for s in manifest["splits"]})
+    print(json.dumps(summary))
+    print(f"corpus written to {args.output_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,175 @@
+"""Read raw rows from Amazon review TSVs, local tables or the Hugging Face hub, as text batches."""
+import glob
+import gzip
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from corpus.errors import PipelineError, UsageError
+
+DEFAULT_TEXT_COLUMNS = ("product_title", "title", "text")  # tried in order when none is named
+DATASETS_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+TSV_SUFFIXES = (".tsv", ".tsv.gz")
+BATCH_ROWS = 10_000
+
+
+@dataclass
+class SourceStats:
+    """What the reader saw: rows read and rows it could not use, by reason."""
+
+    rows_read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def expand_data_files(patterns: list[str]) -> list[str]:
+    """Expand paths and globs, in a stable order; every pattern must match a readable file."""
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise UsageError(f"--data-files {pattern!r} matches no file; check the path or glob")
+        files.extend(m for m in matches if m not in files)
+    for f in files:
+        if not os.access(f, os.R_OK):
+            raise UsageError(f"cannot read {f!r}; check its permissions")
+    return files
+
+
+def file_kind(path: str) -> str:
+    """'tsv' for Amazon review TSVs, else the `datasets` builder name for the file's extension."""
+    name = path.lower()
+    if name.endswith(TSV_SUFFIXES):
+        return "tsv"
+    stem, ext = os.path.splitext(name[:-3] if name.endswith(".gz") else name)
+    if ext in DATASETS_BUILDERS:
+        return DATASETS_BUILDERS[ext]
+    raise UsageError(f"unsupported file type {path!r}; use .tsv(.gz), .csv, .json, .jsonl, .parquet or .txt")
+
+
+def resolve_columns(requested: list[str] | None, available: list[str], where: str) -> list[str]:
+    """Check the text columns exist; with none requested, pick the first default that does."""
+    if requested is None:
+        for name in DEFAULT_TEXT_COLUMNS:
+            if name in available:
+                return [name]
+        requested = [DEFAULT_TEXT_COLUMNS[0]]
+    missing = [c for c in requested if c not in available]
+    if missing:
+        raise UsageError(
+            f"column {', '.join(missing)} not in {where}; its columns are: {', '.join(available)} "
+            "(choose with --text-column)"
+        )
+    return requested
+
+
+def _join(values: list) -> str:
+    return " ".join(v for v in values if isinstance(v, str) and v)
+
+
+def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[str]]:
+    """Batches of text from one Amazon Customer Reviews TSV (plain or gzipped).
+
+    The format is tab separated with no quoting at all: a '"' is part of the text (12" Doll).
+    Rows with the wrong number of fields or undecodable UTF-8 are counted and skipped.
+    """
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        header = f.readline().rstrip(b"\r\n").decode("utf-8", errors="replace").split("\t")
+        if len(header) < 2:
+            raise UsageError(f"{path!r} is not a tab-separated file with a header row; check --data-files")
+        wanted = resolve_columns(columns, header, path)
+        index = [header.index(c) for c in wanted]
+        n_fields = len(header)
+        batch: list[str] = []
+        for raw in f:
+            stats.rows_read += 1
+            fields = raw.rstrip(b"\r\n").split(b"\t")
+            if len(fields) != n_fields:
+                stats.drop("malformed_row")
+                continue
+            try:
+                batch.append(" ".join(t for t in (fields[i].decode("utf-8") for i in index) if t))
+            except UnicodeDecodeError:
+                stats.drop("bad_utf8")
+                continue
+            if len(batch) == BATCH_ROWS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, where: str) -> Iterator[list[str]]:
+    """Batches of text from a `datasets` Dataset or IterableDataset, read column-wise."""
+    available = list(dataset.column_names or [])
+    if not available:  # streaming datasets may only know their columns after the first row
+        dataset = dataset._resolve_features()
+        available = list(dataset.column_names)
+    wanted = resolve_columns(columns, available, where)
+    for rows in dataset.select_columns(wanted).iter(batch_size=BATCH_ROWS):
+        n = len(rows[wanted[0]])
+        stats.rows_read += n
+        yield [_join([rows[c][i] for c in wanted]) for i in range(n)]
+
+
+def load_local_dataset(files: list[str], builder: str, cache_dir: str | None, streaming: bool):
+    """Load local csv/json/parquet/txt files with `datasets` as one split."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(
+            builder, data_files={"train": files}, split="train", cache_dir=cache_dir, streaming=streaming
+        )
+    except Exception as e:  # datasets raises many types for unreadable files
+        raise PipelineError(f"could not read {files[0]!r} as {builder}: {_first_line(e)}; check the file") from e
+    return loaded
+
+
+def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, streaming: bool) -> list:
+    """Load every split of a hub dataset (we make our own split), or explain how to do without the hub."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config, cache_dir=cache_dir, streaming=streaming)
+    except Exception as e:  # offline, missing, gated or script-based: all end the same way
+        raise PipelineError(
+            f"could not load hub dataset {name!r} ({_first_line(e)}); if the hub is unreachable or the "
+            "dataset needs a loading script, download its data files and pass them with --data-files"
+        ) from e
+    return [loaded[s] for s in loaded]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def read_text_batches(
+    data_files: list[str] | None,
+    dataset: str | None,
+    dataset_config: str | None,
+    columns: list[str] | None,
+    stats: SourceStats,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+) -> Iterator[list[str]]:
+    """Batches of raw text from whichever source was given: hub dataset, or local files."""
+    if dataset:
+        for split in load_hub_dataset(dataset, dataset_config, cache_dir, streaming):
+            yield from read_hf_dataset(split, columns, stats, f"hub dataset {dataset!r}")
+        return
+    files = expand_data_files(data_files or [])
+    kinds = {file_kind(f) for f in files}
+    if len(kinds) > 1:
+        raise UsageError(f"--data-files mixes file types ({', '.join(sorted(kinds))}); pass one type per run")
+    kind = kinds.pop()
+    if kind == "tsv":
+        for f in files:
+            yield from read_amazon_tsv(f, columns, stats)
+    else:
+        loaded = load_local_dataset(files, kind, cache_dir, streaming)
+        yield from read_hf_dataset(loaded, columns, stats, f"{files[0]!r}")

@@ -1,0 +1,46 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from corpus.sample_data import write_sample_reviews
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A model small enough to train for a few dozen steps in seconds on two CPU cores.
+TINY_MODEL = ["--model-size", "tiny", "--hidden-size", "64", "--num-layers", "2", "--num-heads", "2",
+              "--max-seq-length", "64", "--batch-size", "16"]
+
+
+def run_script(script: str, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the three command-line scripts as a user would, from the repository root."""
+    result = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def sample_tsv(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("data") / "amazon_reviews_us_test.tsv.gz")
+    write_sample_reviews(path, n_products=400, seed=7)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, sample_tsv) -> dict:
+    """The three steps end to end on a small generated TSV; shared by the tests that inspect the result."""
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus, tok, job = str(root / "corpus"), str(root / "tokenizer"), str(root / "job")
+    run_script("corpus/run_corpus_generation.py", "--data-files", sample_tsv, "--output-dir", corpus, "--no-progress")
+    run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", f"{corpus}/train", "--output-dir", tok,
+               "--vocab-size", "1000", "--no-progress")
+    train = run_script(
+        "training/run_training.py", "--job-dir", job, "--path-to-train-set", f"{corpus}/train",
+        "--path-to-val-set", f"{corpus}/validation", "--path-to-tokenizer", tok, *TINY_MODEL,
+        "--max-steps", "40", "--validate-every-n-steps", "10", "--checkpoint-every-n-steps", "20", "--lr", "2e-3",
+        "--accelerator", "cpu", "--no-progress",
+    )
+    return {"corpus": corpus, "tokenizer": tok, "job": job, "train_stdout": train.stdout,
+            "final_metrics": json.load(open(os.path.join(job, "final_metrics.json")))}

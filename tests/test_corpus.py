@@ -1,0 +1,123 @@
+import gzip
+import json
+import os
+
+import pytest
+
+from conftest import run_script
+from corpus.pipeline import CorpusConfig, generate_corpus
+from corpus.sample_data import SAMPLE_PATH, sample_rows, write_sample_reviews
+from corpus.splitting import is_validation, sentence_hash
+
+
+def read_split(corpus: str, split: str) -> list[str]:
+    lines = []
+    for name in sorted(os.listdir(os.path.join(corpus, split))):
+        with open(os.path.join(corpus, split, name), encoding="utf-8") as f:
+            lines.extend(f.read().splitlines())
+    return lines
+
+
+def corpus(tmp_path, source, name="out", **kwargs) -> tuple[str, dict]:
+    out = str(tmp_path / name)
+    manifest = generate_corpus(CorpusConfig(output_dir=out, data_files=[source], progress=False, **kwargs))
+    return out, manifest
+
+
+def test_bundled_sample_is_what_the_generator_writes(tmp_path):
+    path = tmp_path / "again.tsv.gz"
+    write_sample_reviews(str(path))
+    assert path.read_bytes() == open(SAMPLE_PATH, "rb").read()
+
+
+def test_split_has_no_leakage_no_duplicates_and_is_stable(tmp_path, sample_tsv):
+    out1, manifest = corpus(tmp_path, sample_tsv, "a")
+    train, val = read_split(out1, "train"), read_split(out1, "validation")
+    assert not set(train) & set(val)
+    assert len(set(train)) == len(train) and len(set(val)) == len(val)
+    assert 0.05 < len(val) / (len(train) + len(val)) < 0.15
+    assert manifest["rows_kept"] == len(train) + len(val)
+    out2, _ = corpus(tmp_path, sample_tsv, "b")
+    assert read_split(out2, "train") == train and read_split(out2, "validation") == val
+
+
+def test_split_depends_on_the_sentence_only():
+    # The same sentence lands on the same side whatever else is in the corpus.
+    sentences = [f"product {i}" for i in range(5000)]
+    sides = [is_validation(sentence_hash(s, 42), 0.1) for s in sentences]
+    assert sides == [is_validation(sentence_hash(s, 42), 0.1) for s in reversed(sentences)][::-1]
+    assert 0.08 < sum(sides) / len(sides) < 0.12
+
+
+def test_last_partial_shard_is_written_and_manifest_counts(tmp_path, sample_tsv):
+    out, manifest = corpus(tmp_path, sample_tsv, lines_per_shard=50)
+    shards = manifest["splits"]["train"]["shards"]
+    assert all(s["lines"] == 50 for s in shards[:-1]) and 0 < shards[-1]["lines"] <= 50
+    assert sum(s["lines"] for s in shards) == len(read_split(out, "train")) == manifest["splits"]["train"]["lines"]
+    on_disk = json.load(open(os.path.join(out, "manifest.json")))
+    assert on_disk["rows_read"] == manifest["rows_read"]
+    assert on_disk["duplicates_removed"] > 0  # titles repeat across reviews
+
+
+def test_amazon_tsv_quirks(tmp_path):
+    header = "\t".join(sample_rows(1)[0].decode().split("\t"))
+    fields = lambda title: "\t".join(["US", "1", "R1", "B1", "1", title, "Baby", "5", "0", "0", "N", "Y", "h", "b", "2015-01-01"])
+    raw = "\n".join([
+        header,
+        fields('Doll 12" Tall &amp; Soft'),  # bare quote and an entity
+        fields('"Best" Bottle'),  # a field starting with a quote is not CSV-quoted
+        fields("Too\tmany"),  # malformed: an extra field
+        "US\t2\tR2",  # malformed: too few fields
+        fields("  Spaced    out  "),
+        fields('Doll 12" Tall & Soft'),  # duplicate once normalised
+    ]).encode() + b"\n" + fields("Bad \xff byte").encode("latin-1") + b"\n"
+    path = tmp_path / "quirks.tsv.gz"
+    path.write_bytes(gzip.compress(raw))
+    out, manifest = corpus(tmp_path, str(path), validation_size=0.5)
+    kept = sorted(read_split(out, "train") + read_split(out, "validation"))
+    assert kept == sorted(['Doll 12" Tall & Soft', '"Best" Bottle', "Spaced out"])
+    assert manifest["dropped"] == {"malformed_row": 2, "bad_utf8": 1}
+    assert manifest["duplicates_removed"] == 1 and manifest["rows_read"] == 7
+
+
+def test_several_text_columns_and_other_formats(tmp_path):
+    csv = tmp_path / "items.csv"
+    csv.write_text('title,brand\n"Soft, warm blanket",Nestling\n"Bottle ""9 oz""",Peapod\n,Nobody\n')
+    out, manifest = corpus(tmp_path, str(csv), text_columns=["title", "brand"], validation_size=0.5)
+    kept = sorted(read_split(out, "train") + read_split(out, "validation"))
+    assert kept == ["Bottle \"9 oz\" Peapod", "Nobody", "Soft, warm blanket Nestling"]
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text('{"title": "A &amp; B"}\n{"title": "C"}\n{"title": null}\n')
+    out, manifest = corpus(tmp_path, str(jsonl), "j", validation_size=0.5)
+    assert sorted(read_split(out, "train") + read_split(out, "validation")) == ["A & B", "C"]
+    assert manifest["dropped"] == {"empty": 1}
+
+
+def test_refuses_to_overwrite_and_replaces_only_with_flag(tmp_path, sample_tsv):
+    out, _ = corpus(tmp_path, sample_tsv)
+    before = read_split(out, "train")
+    result = run_script("corpus/run_corpus_generation.py", "--data-files", sample_tsv, "--output-dir", out, check=False)
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert read_split(out, "train") == before
+    run_script("corpus/run_corpus_generation.py", "--data-files", sample_tsv, "--output-dir", out, "--overwrite",
+               "--lowercase", "--no-progress")
+    assert read_split(out, "train") != before and all(l == l.lower() for l in read_split(out, "train"))
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--data-files", "/nonexistent/*.tsv"], 2, "matches no file"),
+    (["--validation-sample-size", "1.5"], 2, "between 0 and 1"),
+    (["--text-column", "nope"], 2, "product_title"),
+    (["--min-chars", "100000"], 1, "no sentence left"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path, sample_tsv, args, code, words):
+    if "--data-files" not in args:
+        args = ["--data-files", sample_tsv, *args]
+    out = tmp_path / "out"
+    result = run_script("corpus/run_corpus_generation.py", *args, "--output-dir", str(out), "--no-progress",
+                        check=False)
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -1,0 +1,246 @@
+"""Tokenise the corpus once into cached arrays, and serve masked-LM batches with Lightning."""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import partial
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from corpus.errors import UsageError
+
+ENCODE_CHUNK_LINES = 50_000
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+
+def text_files(path: str, flag: str) -> list[str]:
+    """A split given as a directory of .txt shards, a single file or a glob."""
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.txt")))
+    else:
+        files = sorted(glob.glob(path)) if glob.has_magic(path) else ([path] if os.path.isfile(path) else [])
+    if not files:
+        raise UsageError(f"{flag} {path!r} holds no .txt files; pass a split directory written by step 1")
+    return files
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(files: list[str], tokenizer_file: str) -> str:
+    """Content hash of the split and the tokenizer: any change to either means a new cache entry."""
+    h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
+    h.update(_file_digest(tokenizer_file).encode())
+    for f in files:
+        h.update(_file_digest(f).encode())
+    return h.hexdigest()[:24]
+
+
+class TokenizedSplit:
+    """One split as a flat token stream, each sentence followed by </s>, and sentence start offsets.
+
+    Sentence i is `tokens[offsets[i] : offsets[i + 1] - 1]`; the stream itself is what packing cuts.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.tokens = np.load(os.path.join(directory, "tokens.npy"), mmap_mode="r")
+        self.offsets = np.load(os.path.join(directory, "offsets.npy"))
+        self.directory = directory
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sentence(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1] - 1]
+
+
+def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: int) -> TokenizedSplit:
+    """Tokenise the files once (batch encoding, in parallel) into cache_dir/<key>, or reuse it."""
+    from tokenizers import Tokenizer
+
+    target = os.path.join(cache_dir, cache_key(files, tokenizer_file))
+    if os.path.isfile(os.path.join(target, "offsets.npy")):
+        return TokenizedSplit(target)
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.uint32
+    os.makedirs(cache_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".encoding-", dir=cache_dir)
+    try:
+        pieces, lengths = [], []
+
+        def flush(lines: list[str]) -> None:
+            for enc in tokenizer.encode_batch_fast(lines, add_special_tokens=False):
+                pieces.append(np.asarray(enc.ids + [eos_id], dtype=dtype))
+                lengths.append(len(enc.ids) + 1)
+
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                lines: list[str] = []
+                for line in fh:
+                    line = line.rstrip("\n")
+                    if line:
+                        lines.append(line)
+                    if len(lines) == ENCODE_CHUNK_LINES:
+                        flush(lines)
+                        lines = []
+                if lines:
+                    flush(lines)
+        tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(os.path.join(staging, "tokens.npy"), tokens)
+        np.save(os.path.join(staging, "offsets.npy"), offsets)
+        with open(os.path.join(staging, "source.json"), "w") as fh:
+            json.dump({"files": [os.path.abspath(f) for f in files], "tokenizer": os.path.abspath(tokenizer_file),
+                       "sentences": len(lengths), "tokens": int(tokens.size)}, fh, indent=2)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished the same entry first: use theirs
+            if not os.path.isfile(os.path.join(target, "offsets.npy")):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; forked workers must not warn
+    return TokenizedSplit(target)
+
+
+class PackedBlocks(Dataset):
+    """Consecutive sentences (separated by </s>) cut into blocks of exactly `length` tokens, each led by <s>.
+
+    RoBERTa's FULL-SENTENCES packing: no padding except in the very last block.
+    """
+
+    def __init__(self, split: TokenizedSplit, length: int, bos_id: int) -> None:
+        self.tokens, self.step, self.bos_id = split.tokens, length - 1, bos_id
+
+    def __len__(self) -> int:
+        return -(-len(self.tokens) // self.step)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        chunk = self.tokens[i * self.step : (i + 1) * self.step].astype(np.int64)
+        return torch.from_numpy(np.concatenate(([self.bos_id], chunk)))
+
+
+class Sentences(Dataset):
+    """One sentence per sequence: <s> sentence </s>, truncated to `length` tokens."""
+
+    def __init__(self, split: TokenizedSplit, length: int, bos_id: int, eos_id: int) -> None:
+        self.split, self.max_body, self.bos_id, self.eos_id = split, length - 2, bos_id, eos_id
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        body = self.split.sentence(i)[: self.max_body].astype(np.int64)
+        return torch.from_numpy(np.concatenate(([self.bos_id], body, [self.eos_id])))
+
+
+class MaskedLMCollator:
+    """Pads a list of sequences and masks them with `transformers`' DataCollatorForLanguageModeling.
+
+    RoBERTa's rule: `mlm_probability` of the non-special tokens are chosen; of those 80% become
+    <mask>, 10% a random token, 10% stay; labels are -100 everywhere else. Adds the attention mask,
+    which the library collator leaves out for plain sequences.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int | None = None) -> None:
+        self.masker = DataCollatorForLanguageModeling(
+            tokenizer, mlm_probability=mlm_probability, pad_to_multiple_of=8, seed=seed
+        )
+
+    def __call__(self, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = self.masker(sequences)
+        lengths = torch.tensor([len(s) for s in sequences])
+        batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+        return batch
+
+
+class FixedMaskedSet(Dataset):
+    """Validation sequences masked once, with a fixed seed: every evaluation scores the same positions."""
+
+    def __init__(self, sequences: Dataset, collator: MaskedLMCollator, chunk: int = 1024) -> None:
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for start in range(0, len(sequences), chunk):
+            seqs = [sequences[i] for i in range(start, min(start + chunk, len(sequences)))]
+            batch = collator(seqs)
+            for row, seq in enumerate(seqs):
+                n = len(seq)
+                self.items.append((batch["input_ids"][row, :n].clone(), batch["labels"][row, :n].clone()))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.items[i]
+
+
+def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch pre-masked (input_ids, labels) pairs, padded to a multiple of 8."""
+    width = -(-max(len(ids) for ids, _ in items) // 8) * 8
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(items):
+        input_ids[row, : len(ids)], labels[row, : len(ids)], attention[row, : len(ids)] = ids, lab, 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+class MaskedLMDataModule(pl.LightningDataModule):
+    """Train and validation splits, tokenised once and cached, served as masked-LM batches."""
+
+    def __init__(
+        self, train_path: str, val_path: str, tokenizer: PreTrainedTokenizerBase, tokenizer_file: str,
+        cache_dir: str, max_seq_length: int = 128, batch_size: int = 32, mlm_probability: float = 0.15,
+        packing: bool = True, num_workers: int = 0, seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.train_files = text_files(train_path, "--path-to-train-set")
+        self.val_files = text_files(val_path, "--path-to-val-set")
+        if {os.path.realpath(f) for f in self.train_files} & {os.path.realpath(f) for f in self.val_files}:
+            raise UsageError("--path-to-train-set and --path-to-val-set share files; pass step 1's train and validation directories")
+        self.tokenizer, self.tokenizer_file, self.cache_dir = tokenizer, tokenizer_file, cache_dir
+        self.max_seq_length, self.batch_size, self.mlm_probability = max_seq_length, batch_size, mlm_probability
+        self.packing, self.num_workers, self.seed = packing, num_workers, seed
+
+    def prepare_data(self) -> None:
+        for files in (self.train_files, self.val_files):
+            encode_split(files, self.tokenizer_file, self.cache_dir, self.tokenizer.eos_token_id)
+
+    def setup(self, stage: str | None = None) -> None:
+        eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
+        train = encode_split(self.train_files, self.tokenizer_file, self.cache_dir, eos)
+        val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos)
+        if len(train) == 0 or len(val) == 0:
+            raise UsageError("the training or validation split is empty; run step 1 on more data")
+        self.train_tokens = int(train.tokens.size)
+        self.train_set = (
+            PackedBlocks(train, self.max_seq_length, bos) if self.packing
+            else Sentences(train, self.max_seq_length, bos, eos)
+        )
+        val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, seed=self.seed)
+        self.val_set = FixedMaskedSet(Sentences(val, self.max_seq_length, bos, eos), val_collator)
+        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False, collate_fn=self.train_collator,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        pad_id = self.tokenizer.pad_token_id
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, shuffle=False,
+            collate_fn=partial(pad_masked, pad_id=pad_id), num_workers=0,
+        )

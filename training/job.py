@@ -1,0 +1,205 @@
+"""Step 3 end to end: check inputs, train (or resume), validate, export, write final metrics."""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from corpus.errors import UsageError
+from training.data import MaskedLMDataModule
+from training.export import export_model
+from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
+from training.trainer_setup import build_trainer
+
+log = logging.getLogger("training")
+# What must match for a checkpoint to be resumed into the current run.
+RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing",
+                "vocab_size", "tokenizer_sha256")
+
+
+@dataclass
+class TrainingConfig:
+    job_dir: str
+    train_path: str
+    val_path: str
+    tokenizer_path: str
+    model_size: str = "base"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    max_steps: int = 1000
+    max_time: str | None = None
+    batch_size: int = 32
+    max_seq_length: int = 128
+    mlm_probability: float = 0.15
+    packing: bool = True
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    gradient_clip_val: float = 1.0
+    seed: int = 42
+    validate_every_n_steps: int = 500
+    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 10
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    num_workers: int | None = None
+    cache_dir: str | None = None
+    resume: bool | None = None  # None: resume when JOB/checkpoints/last.ckpt exists
+    progress: bool = True
+
+
+def validate_config(cfg: TrainingConfig) -> None:
+    checks = [
+        (cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
+        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
+        (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
+         f"--max-seq-length must be between 8 and {MAX_POSITIONS - 2} (the model's position embeddings), "
+         f"got {cfg.max_seq_length}"),
+        (cfg.validate_every_n_steps >= 1 and cfg.checkpoint_every_n_steps >= 1,
+         "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
+        (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
+        (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
+         "--hidden-size, --num-layers and --num-heads must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    hidden = cfg.hidden_size or MODEL_SIZES[cfg.model_size][0]
+    heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
+    if hidden % heads:
+        raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+
+
+def load_tokenizer(path: str) -> tuple[PreTrainedTokenizerBase, str]:
+    """The tokenizer of step 2 (a directory, or its tokenizer.json), checked to be usable for masked LM."""
+    directory = os.path.dirname(path) if os.path.isfile(path) else path
+    tokenizer_file = os.path.join(directory, "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):
+        raise UsageError(f"no tokenizer.json in {path!r}; pass step 2's --output-dir as --path-to-tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as e:  # a corrupt or foreign file: transformers raises many types
+        raise UsageError(f"{tokenizer_file!r} is not a readable tokenizer ({str(e).splitlines()[0][:200]}); "
+                         "re-run step 2") from None
+    missing = [name for name in ("mask", "pad", "bos", "eos") if getattr(tokenizer, f"{name}_token_id") is None]
+    if missing:
+        raise UsageError(f"the tokenizer in {path!r} has no {', '.join(missing)} token; fit it with step 2")
+    return tokenizer, tokenizer_file
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
+    """Create the job directory; return the checkpoint to resume from, if any."""
+    try:
+        os.makedirs(cfg.job_dir, exist_ok=True)
+        probe = os.path.join(cfg.job_dir, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
+    last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
+    run_file = os.path.join(cfg.job_dir, "run_config.json")
+    previous = None
+    if os.path.isfile(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+    if cfg.resume is False and (os.path.exists(last) or previous):
+        archive = os.path.join(cfg.job_dir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(archive)
+        for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
+            if os.path.exists(os.path.join(cfg.job_dir, name)):
+                shutil.move(os.path.join(cfg.job_dir, name), archive)
+        log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
+        previous = None
+    resume_from = last if cfg.resume is not False and os.path.isfile(last) else None
+    if cfg.resume and resume_from is None:
+        raise UsageError(f"--resume given but {last!r} does not exist; drop --resume to start a new run")
+    if previous:
+        changed = [k for k in RUN_IDENTITY if previous.get("identity", {}).get(k) != identity.get(k)]
+        if changed:
+            raise UsageError(
+                f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
+                "use another --job-dir, or --no-resume to archive that run and start over"
+            )
+    with open(run_file, "w") as f:
+        json.dump({"identity": identity, "config": asdict(cfg)}, f, indent=2)
+    if resume_from:
+        log.warning("resuming from %s", resume_from)
+    return resume_from
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_library_noise() -> None:
+    """Hide library messages that are advertising or deprecation chatter, not information about this run."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def train(cfg: TrainingConfig) -> dict[str, Any]:
+    """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
+    validate_config(cfg)
+    quiet_library_noise()
+    tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path)
+    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:6]}
+    identity.update(vocab_size=len(tokenizer), tokenizer_sha256=_sha256(tokenizer_file))
+    datamodule = MaskedLMDataModule(
+        cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
+        cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
+        batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, packing=cfg.packing,
+        num_workers=cfg.num_workers if cfg.num_workers is not None else 0, seed=cfg.seed,
+    )
+    resume_from = prepare_job_dir(cfg, identity)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = MaskedLMModule(
+        vocab_size=len(tokenizer), model_size=cfg.model_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        max_steps=cfg.max_steps,
+    )
+    trainer, clock = build_trainer(
+        cfg.job_dir, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
+        cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, cfg.max_time, cfg.log_every_n_steps,
+        cfg.gradient_clip_val, cfg.progress,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if module.last_validated_step != trainer.global_step:  # stopped between validations (or by --max-time)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    m = trainer.callback_metrics
+    val_loss = float(m["val/loss"])
+    metrics = {
+        "val_loss": val_loss,
+        "val_perplexity": perplexity(val_loss),
+        "val_mlm_accuracy": float(m["val/mlm_accuracy"]),
+        "global_step": trainer.global_step,
+        "train_tokens": int(module.train_tokens),
+        "train_seconds": round(clock.seconds, 3),
+        "train_tokens_per_second": round(int(module.train_tokens) / max(clock.seconds, 1e-9), 1),
+    }
+    if trainer.is_global_zero:
+        export_model(module.model, tokenizer, os.path.join(cfg.job_dir, "model"))
+        with open(os.path.join(cfg.job_dir, "final_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics

@@ -1,0 +1,108 @@
+"""The LightningModule: a RoBERTa trained with the masked-LM objective."""
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from transformers import RobertaConfig, RobertaForMaskedLM, get_linear_schedule_with_warmup
+
+# hidden size, layers, heads, feed-forward size. `base` is the 2021 demo's model.
+MODEL_SIZES = {
+    "tiny": (256, 4, 4, 1024),
+    "small": (512, 4, 8, 2048),
+    "base": (768, 4, 12, 3072),
+}
+MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
+
+
+def build_config(vocab_size: int, model_size: str = "base", hidden_size: int | None = None,
+                 num_layers: int | None = None, num_heads: int | None = None, pad_token_id: int = 1,
+                 bos_token_id: int = 0, eos_token_id: int = 2) -> RobertaConfig:
+    """A RobertaConfig from a size preset, with explicit overrides and the tokenizer's ids."""
+    hidden, layers, heads, _ = MODEL_SIZES[model_size]
+    hidden, layers, heads = hidden_size or hidden, num_layers or layers, num_heads or heads
+    if hidden % heads:
+        raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+    return RobertaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=MAX_POSITIONS, type_vocab_size=1,
+        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+    )
+
+
+def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, correct predictions, masked tokens), computing logits only at masked positions.
+
+    The output layer (hidden x vocabulary) is most of a small model's cost; only ~15% of the
+    positions carry a label, so gathering them before the LM head skips most of that work.
+    """
+    hidden = model.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    masked = labels != -100
+    targets = labels[masked]
+    logits = model.lm_head(hidden[masked]).float()
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.argmax(dim=-1) == targets).sum()
+    n = masked.sum()
+    return loss / n.clamp(min=1), correct, n
+
+
+class MaskedLMModule(pl.LightningModule):
+    def __init__(
+        self, vocab_size: int, model_size: str = "base", hidden_size: int | None = None, num_layers: int | None = None,
+        num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
+        lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
+        adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = build_config(vocab_size, model_size, hidden_size, num_layers, num_heads,
+                                   pad_token_id, bos_token_id, eos_token_id)
+        self.model = RobertaForMaskedLM(self.config)
+        self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
+        self._val_sums: torch.Tensor | None = None
+        self.last_validated_step = -1
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        self.train_tokens += batch["attention_mask"].sum()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mlm_accuracy", correct / n.clamp(min=1))
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        self._val_sums += torch.stack([loss.double() * n, correct.double(), n.double()])
+
+    def on_validation_epoch_end(self) -> None:
+        # Sum over all batches and ranks first, then divide: the mean over masked tokens, not over batches.
+        loss_sum, correct, n = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
+        val_loss = loss_sum / max(n, 1.0)
+        self.log_dict({
+            "val/loss": val_loss,
+            "val/perplexity": perplexity(val_loss),
+            "val/mlm_accuracy": correct / max(n, 1.0),
+        }, prog_bar=True, rank_zero_only=True)
+        self.last_validated_step = self.trainer.global_step
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.adam_betas, eps=hp.adam_eps,
+                                      fused=self.device.type == "cuda")
+        scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * hp.max_steps), hp.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean masked-token cross-entropy), overflowing to inf rather than raising."""
+    return math.exp(loss) if loss < 700 else math.inf

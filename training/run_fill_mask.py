@@ -1,0 +1,49 @@
+"""Print the top-k fillers of <mask> in product titles, from an exported model.
+
+    python training/run_fill_mask.py --model-dir runs/demo/model "Organic cotton baby <mask>" --top-k 5
+    cat titles.txt | python training/run_fill_mask.py --model-dir runs/demo/model -
+"""
+import argparse
+import os
+import sys
+
+from corpus.errors import UsageError, run_main
+from training.fill_mask import fill_mask, load_fill_mask
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("texts", nargs="*", help="texts with one <mask> each; '-' reads one text per line from stdin")
+    p.add_argument("--model-dir", required=True, help="exported model directory (JOB/model)")
+    p.add_argument("--input-file", help="read texts from this file, one per line")
+    p.add_argument("--top-k", type=int, default=5, help="predictions per text (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+        raise UsageError(f"{args.model_dir!r} is not an exported model (no config.json); pass JOB/model")
+    if args.top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    texts = [t for t in args.texts if t != "-"]
+    if "-" in args.texts:
+        texts += [line.strip() for line in sys.stdin if line.strip()]
+    if args.input_file:
+        with open(args.input_file, encoding="utf-8") as f:
+            texts += [line.strip() for line in f if line.strip()]
+    if not texts:
+        raise UsageError("no text given; pass texts with <mask>, '-' for stdin, or --input-file")
+    fill = load_fill_mask(args.model_dir)
+    mask = fill.tokenizer.mask_token
+    for text in texts:
+        if text.count(mask) != 1:
+            raise UsageError(f"{text!r} must contain {mask} exactly once")
+        print(text)
+        print(f"  {'rank':>4}  {'score':>7}  {'token':<16} filled")
+        for rank, p in enumerate(fill_mask(fill, text, args.top_k), 1):
+            print(f"  {rank:>4}  {p['score']:7.4f}  {p['token']!r:<16} {p['sequence']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

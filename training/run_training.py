@@ -1,0 +1,92 @@
+"""Step 3: train a RoBERTa masked language model on the corpus, with PyTorch Lightning.
+
+    python training/run_training.py --job-dir runs/demo --path-to-train-set data/corpus/train \\
+        --path-to-val-set data/corpus/validation --path-to-tokenizer data/tokenizer --model-size tiny
+
+Writes JOB/checkpoints/last.ckpt, JOB/tensorboard/, JOB/model/ (for transformers.pipeline("fill-mask"))
+and JOB/final_metrics.json. Re-running with the same --job-dir resumes from the last checkpoint.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from corpus.errors import run_main
+from training.job import TrainingConfig, train
+from training.model import MODEL_SIZES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--job-dir", required=True, help="where checkpoints, TensorBoard logs, the model and metrics go")
+    io.add_argument("--path-to-train-set", default="data/corpus/train",
+                    help="training split: a directory of .txt shards, a file or a glob (default: %(default)s)")
+    io.add_argument("--path-to-val-set", default="data/corpus/validation",
+                    help="validation split, same forms (default: %(default)s)")
+    io.add_argument("--path-to-tokenizer", default="data/tokenizer",
+                    help="directory with step 2's tokenizer.json (default: %(default)s)")
+    io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
+    m = p.add_argument_group("model")
+    m.add_argument("--model-size", choices=list(MODEL_SIZES), default="base",
+                   help="preset (hidden/layers/heads): tiny 256/4/4, small 512/4/8, base 768/4/12 (default: %(default)s)")
+    m.add_argument("--hidden-size", type=int, help="override the preset's hidden size")
+    m.add_argument("--num-layers", type=int, help="override the preset's number of layers")
+    m.add_argument("--num-heads", type=int, help="override the preset's number of attention heads")
+    t = p.add_argument_group("training")
+    t.add_argument("--max-steps", type=int, default=1000, help="optimizer steps to train for (default: %(default)s)")
+    t.add_argument("--max-time", help="wall-clock budget, seconds or DD:HH:MM:SS; stops cleanly, then validates and exports")
+    t.add_argument("--batch-size", type=int, default=32, help="sequences per device and step (default: %(default)s)")
+    t.add_argument("--max-seq-length", type=int, default=128,
+                   help="tokens per sequence, <s> and </s> included, at most 512 (default: %(default)s)")
+    t.add_argument("--no-packing", dest="packing", action="store_false",
+                   help="one sentence per sequence (the 2021 demo) instead of packing sentences into full blocks")
+    t.add_argument("--mlm-probability", type=float, default=0.15,
+                   help="share of tokens masked; 0.3 as in MosaicBERT/ModernBERT also works (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW weight decay, not applied to biases and LayerNorm (default: %(default)s)")
+    t.add_argument("--warmup-ratio", type=float, default=0.06,
+                   help="share of --max-steps with linear warmup, then linear decay to 0 (default: %(default)s)")
+    t.add_argument("--gradient-clip-val", type=float, default=1.0, help="clip gradient norm; 0 = off (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=42, help="random seed; also fixes the validation masks (default: %(default)s)")
+    t.add_argument("--validate-every-n-steps", type=int, default=500, help="validation interval (default: %(default)s)")
+    t.add_argument("--checkpoint-every-n-steps", type=int, default=500,
+                   help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
+    t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")
+    t.add_argument("--num-workers", type=int, help="dataloader worker processes (default: 0)")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--resume", dest="resume", action="store_true", default=None,
+                   help="continue from JOB/checkpoints/last.ckpt (the default whenever it exists)")
+    r.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over; an earlier run in --job-dir is moved to JOB/previous-<time>/")
+    h = p.add_argument_group("hardware (passed to Lightning)")
+    h.add_argument("--accelerator", default="auto", help="cpu, gpu, auto... (default: %(default)s)")
+    h.add_argument("--devices", default="auto", help="number of devices, a list, or auto (default: %(default)s)")
+    h.add_argument("--num-nodes", type=int, default=1, help="machines taking part (default: %(default)s)")
+    h.add_argument("--strategy", default="auto", help="ddp, fsdp, deepspeed... (default: %(default)s)")
+    h.add_argument("--precision", default="auto",
+                   help="auto = bf16-mixed where the hardware has fast bf16, else 32-true; or any Lightning "
+                        "precision (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    values = vars(args).copy()
+    return TrainingConfig(
+        job_dir=values.pop("job_dir"), train_path=values.pop("path_to_train_set"),
+        val_path=values.pop("path_to_val_set"), tokenizer_path=values.pop("path_to_tokenizer"),
+        progress=not values.pop("no_progress"), **values,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    metrics = train(config_from_args(args))
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

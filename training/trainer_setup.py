@@ -1,0 +1,102 @@
+"""Lightning Trainer set-up: precision choice, TensorBoard, checkpoints and a training clock."""
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """'auto' means bf16-mixed where the hardware has fast bf16, else full 32-bit."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+class TrainingClock(Callback):
+    """Seconds spent in training steps (validation excluded), kept across resumes; logs tokens/s."""
+
+    def __init__(self, log_every_n_steps: int) -> None:
+        self.log_every_n_steps = log_every_n_steps
+        self.prior_seconds = 0.0
+        self._running_since: float | None = None
+        self._session_seconds = 0.0
+        self._last_log: tuple[float, int] | None = None
+
+    @property
+    def seconds(self) -> float:
+        running = time.perf_counter() - self._running_since if self._running_since is not None else 0.0
+        return self.prior_seconds + self._session_seconds + running
+
+    def _pause(self) -> None:
+        if self._running_since is not None:
+            self._session_seconds += time.perf_counter() - self._running_since
+            self._running_since = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._running_since is None:
+            self._running_since = time.perf_counter()
+        if self._last_log is None:
+            self._last_log = (self.seconds, int(pl_module.train_tokens))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step % self.log_every_n_steps or self._last_log is None:
+            return
+        now, tokens = self.seconds, int(pl_module.train_tokens)
+        then, tokens_then = self._last_log
+        if now > then:
+            pl_module.log("throughput/tokens_per_sec", (tokens - tokens_then) / (now - then))
+        self._last_log = (now, tokens)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+        self._last_log = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.prior_seconds = state_dict.get("seconds", 0.0)
+
+
+def build_trainer(
+    job_dir: str, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
+    accelerator: str = "auto", devices: str | int = "auto", precision: str = "auto", strategy: str = "auto",
+    num_nodes: int = 1, max_time: str | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
+    progress: bool = True,
+) -> tuple[pl.Trainer, TrainingClock]:
+    clock = TrainingClock(log_every_n_steps)
+    checkpoints = ModelCheckpoint(
+        dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
+        save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
+    )
+    logger = TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        precision=resolve_precision(precision, accelerator), max_steps=max_steps, max_time=max_time,
+        max_epochs=-1, val_check_interval=validate_every_n_steps, check_val_every_n_epoch=None,
+        log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
+        callbacks=[checkpoints, clock], logger=logger, enable_progress_bar=progress,
+        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
+    )
+    return trainer, clock
