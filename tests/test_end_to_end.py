@@ -1,0 +1,66 @@
+import json
+import os
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import pipeline
+
+from conftest import TINY_MODEL, run_script
+
+
+def scalars(job: str, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(os.path.join(job, "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_validation_loss_falls_and_metrics_are_written(pipeline_run):
+    metrics = pipeline_run["final_metrics"]
+    assert metrics["global_step"] == 40
+    assert metrics["val_perplexity"] == pytest.approx(2.718281828 ** metrics["val_loss"], rel=1e-6)
+    assert metrics["train_tokens"] > 0 and metrics["train_seconds"] > 0 and 0 < metrics["val_mlm_accuracy"] < 1
+    val = scalars(pipeline_run["job"], "val/loss")
+    assert len(val) >= 4 and val[-1][1] < val[0][1] - 0.3, val
+    assert val[-1][1] == pytest.approx(metrics["val_loss"], rel=1e-5)
+
+
+def test_tensorboard_has_train_and_validation_curves(pipeline_run):
+    events = EventAccumulator(os.path.join(pipeline_run["job"], "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/mlm_accuracy", "lr", "val/loss", "val/perplexity", "val/mlm_accuracy"} <= tags
+
+
+def test_exported_model_loads_in_fill_mask_pipeline(pipeline_run):
+    model_dir = os.path.join(pipeline_run["job"], "model")
+    assert os.path.isfile(os.path.join(model_dir, "model.safetensors"))
+    fill = pipeline("fill-mask", model=model_dir)
+    predictions = fill("Nestling Organic Cotton Swaddle <mask>", top_k=3)
+    assert len(predictions) == 3 and all("<mask>" not in p["sequence"] for p in predictions)
+    assert predictions[0]["score"] >= predictions[-1]["score"] > 0
+    result = run_script("training/run_fill_mask.py", "--model-dir", model_dir, "Soft <mask> Blanket", "--top-k", "2")
+    assert result.stdout.count("Soft") >= 3  # the input and two filled sentences
+
+
+def test_checkpoint_and_run_config(pipeline_run):
+    job = pipeline_run["job"]
+    assert os.path.isfile(os.path.join(job, "checkpoints", "last.ckpt"))
+    assert json.load(open(os.path.join(job, "run_config.json")))["identity"]["max_seq_length"] == 64
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--max-seq-length", "600"], "between 8 and 512"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "-1"], "--lr"),
+    (["--path-to-tokenizer", "/nonexistent"], "tokenizer.json"),
+    (["--path-to-val-set", "TRAIN"], "share files"),
+])
+def test_training_bad_input(tmp_path, pipeline_run, extra, words):
+    corpus = pipeline_run["corpus"]
+    extra = [f"{corpus}/train" if e == "TRAIN" else e for e in extra]
+    base = ["--path-to-train-set", f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation",
+            "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL, "--max-steps", "2", "--no-progress"]
+    job = tmp_path / "job"
+    result = run_script("training/run_training.py", "--job-dir", str(job), *base, *extra, check=False)
+    assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (job / "checkpoints").exists()

@@ -1,0 +1,118 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import RobertaForMaskedLM
+
+from training.data import FixedMaskedSet, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked
+from training.model import MaskedLMModule, build_config, masked_lm_loss, perplexity
+from tokenizer.fitting import fit_tokenizer, save_tokenizer
+
+BOS, PAD, EOS, MASK = 0, 1, 2, 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    (root / "c.txt").write_text("\n".join(f"baby bottle {i} soft blanket pink blue" for i in range(500)) + "\n")
+    save_tokenizer(fit_tokenizer([str(root / "c.txt")], vocab_size=600, show_progress=False), str(root / "tok"))
+    return AutoTokenizer.from_pretrained(str(root / "tok"))
+
+
+def random_sequences(n, vocab, rng):
+    seqs = []
+    for _ in range(n):
+        length = int(rng.integers(10, 120))
+        body = rng.integers(5, vocab, size=length)
+        seqs.append(torch.tensor([BOS, *body, EOS]))
+    return seqs
+
+
+def test_masking_follows_the_roberta_rule(tokenizer):
+    rng = np.random.default_rng(0)
+    seqs = random_sequences(2000, len(tokenizer), rng)
+    batch = MaskedLMCollator(tokenizer, mlm_probability=0.15, seed=1)(seqs)
+    original = torch.full_like(batch["input_ids"], PAD)
+    for i, s in enumerate(seqs):
+        original[i, : len(s)] = s
+    labels, inputs = batch["labels"], batch["input_ids"]
+    special = (original == BOS) | (original == EOS) | (original == PAD)
+    masked = labels != -100
+    assert not (masked & special).any(), "special and pad tokens are never masked"
+    assert torch.equal(labels[masked], original[masked]), "labels hold the original token where masked"
+    assert (inputs[~masked] == original[~masked]).all(), "unmasked positions are untouched"
+    rate = masked.sum().item() / (~special).sum().item()
+    assert abs(rate - 0.15) < 0.01
+    n = masked.sum().item()
+    to_mask = (inputs[masked] == MASK).sum().item() / n
+    kept = (inputs[masked] == original[masked]).sum().item() / n
+    assert abs(to_mask - 0.8) < 0.02 and abs(kept - 0.1) < 0.02 and abs(1 - to_mask - kept - 0.1) < 0.02
+    assert torch.equal(batch["attention_mask"].sum(1), torch.tensor([len(s) for s in seqs]))
+    assert batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_higher_masking_rate(tokenizer):
+    seqs = random_sequences(1000, len(tokenizer), np.random.default_rng(1))
+    batch = MaskedLMCollator(tokenizer, mlm_probability=0.3, seed=1)(seqs)
+    real = sum(len(s) - 2 for s in seqs)
+    assert abs((batch["labels"] != -100).sum().item() / real - 0.3) < 0.015
+
+
+def test_validation_masks_are_fixed(tokenizer):
+    seqs = random_sequences(300, len(tokenizer), np.random.default_rng(2))
+    a = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=5))
+    b = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=5))
+    c = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=6))
+    same = lambda u, v: all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(u.items, v.items))
+    assert same(a, b) and not same(a, c)
+    batch = pad_masked([a[i] for i in range(10)], PAD)
+    assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_packing_makes_full_blocks_with_separators(tmp_path):
+    sentences = [[10, 11, 12], [20, 21], [30, 31, 32, 33], [40]]
+    tokens = np.array([t for s in sentences for t in (*s, EOS)], dtype=np.uint16)
+    offsets = np.cumsum([0] + [len(s) + 1 for s in sentences])
+    np.save(tmp_path / "tokens.npy", tokens)
+    np.save(tmp_path / "offsets.npy", offsets)
+    split = TokenizedSplit(str(tmp_path))
+    assert split.sentence(2).tolist() == [30, 31, 32, 33]
+    blocks = PackedBlocks(split, length=6, bos_id=BOS)
+    got = [blocks[i].tolist() for i in range(len(blocks))]
+    assert got[:2] == [[BOS, 10, 11, 12, EOS, 20], [BOS, 21, EOS, 30, 31, 32]]
+    assert all(len(b) == 6 for b in got[:-1])
+    assert [t for b in got for t in b[1:]] == tokens.tolist()  # nothing lost, nothing repeated
+
+
+def test_sparse_logits_loss_equals_full_loss(tokenizer):
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2)).eval()
+    seqs = random_sequences(8, len(tokenizer), np.random.default_rng(3))
+    batch = MaskedLMCollator(tokenizer, 0.15, seed=3)(seqs)
+    with torch.no_grad():
+        full = model(**batch).loss
+        sparse, correct, n = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(sparse, full, atol=1e-5)
+    mask = batch["labels"] != -100
+    assert correct == (logits[mask].argmax(-1) == batch["labels"][mask]).sum() and n == mask.sum()
+
+
+def test_perplexity_is_exp_of_loss():
+    assert perplexity(0.0) == 1.0
+    assert perplexity(2.5) == pytest.approx(math.exp(2.5))
+    assert perplexity(1e4) == math.inf
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    module = MaskedLMModule(vocab_size=300, model_size="tiny", hidden_size=32, num_layers=1, num_heads=2, max_steps=10)
+    module.trainer = None
+    opt = module.configure_optimizers()["optimizer"]
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in module.model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2 and "LayerNorm" not in name), name
+    assert module.config.max_position_embeddings == 514 and module.config.pad_token_id == PAD

@@ -1,0 +1,64 @@
+import json
+import os
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    (root / "train").mkdir()
+    (root / "validation").mkdir()
+    titles = [f"Nestling Organic Cotton Swaddle Blanket, Pack of {i % 7}, 12\" Tall" for i in range(300)]
+    (root / "train" / "corpus_chunk_00000.txt").write_text("\n".join(titles) + "\n")
+    (root / "validation" / "corpus_chunk_00000.txt").write_text("Petit Bébé Bottle 9 oz ™\nSoft <b>bib</b>\n")
+    run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(root / "train"), "--output-dir",
+               str(root / "tok"), "--vocab-size", "400", "--no-progress")
+    return root
+
+
+def test_special_token_ids_and_round_trip(fitted):
+    tok = AutoTokenizer.from_pretrained(str(fitted / "tok"))
+    assert [tok.convert_tokens_to_ids(t) for t in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]] == [0, 1, 2, 3, 4]
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.mask_token_id) == (0, 1, 2, 4)
+    text = 'Petit Bébé "Bottle" 9 oz ™ 😀'
+    ids = tok(text)["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2  # RoBERTa post-processing: <s> ... </s>
+    assert tok.decode(ids, skip_special_tokens=True) == text  # byte level: nothing is unknown
+    masked = tok("Organic <mask> Blanket")["input_ids"]
+    assert tok.mask_token_id in masked and len(tok.vocab) <= 400
+
+
+def test_report_is_saved(fitted):
+    report = json.load(open(fitted / "tok" / "tokenizer_report.json"))
+    assert report["validation_lines"] == 2 and report["round_trip_ok"] == 2
+    assert report["bytes_per_token"] > 1 and report["vocab_size"] <= 400
+
+
+def test_refuses_to_overwrite(fitted):
+    result = run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(fitted / "train"),
+                        "--output-dir", str(fitted / "tok"), check=False)
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+
+
+@pytest.mark.parametrize("setup, args, words", [
+    ("missing", [], "does not exist"),
+    ("empty_dir", [], "no .txt files"),
+    ("binary", [], "not UTF-8 text"),
+    ("ok", ["--vocab-size", "100"], "at least 261"),
+])
+def test_bad_input(tmp_path, setup, args, words):
+    corpus = tmp_path / "corpus"
+    if setup != "missing":
+        corpus.mkdir()
+    if setup == "binary":
+        (corpus / "x.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    if setup == "ok":
+        (corpus / "x.txt").write_text("hello world\n")
+    result = run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(corpus), "--output-dir",
+                        str(tmp_path / "tok"), *args, check=False)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "tok")
