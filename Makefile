@@ -25,8 +25,14 @@ demo: install
 		--path-to-val-set $(DEMO_DIR)/corpus/validation --path-to-tokenizer $(DEMO_DIR)/tokenizer \
 		--model-size tiny --max-steps $(DEMO_STEPS) --validate-every-n-steps 50 --checkpoint-every-n-steps 100 \
 		--lr 1e-3 --accelerator cpu
+	$(PY) training/plot_learning_curves.py --job-dir $(DEMO_DIR)/job
 	$(PY) training/run_fill_mask.py --model-dir $(DEMO_DIR)/job/model --top-k 5 \
 		"Little Sprout Organic Cotton Swaddle <mask>" "Moonbeam Anti-Colic <mask>, 9 oz"
+
+# Redraw the README's pictures: the schema, and the learning curves of the last `make demo`.
+images: install
+	$(PY) images/draw_schema.py
+	$(PY) training/plot_learning_curves.py --job-dir $(DEMO_DIR)/job --output images/learning_curves.png
 
 test: install
 	$(PY) -m pytest

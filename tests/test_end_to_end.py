@@ -64,3 +64,9 @@ def test_training_bad_input(tmp_path, pipeline_run, extra, words):
     result = run_script("training/run_training.py", "--job-dir", str(job), *base, *extra, check=False)
     assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (job / "checkpoints").exists()
+
+
+def test_learning_curves_plot(tmp_path, pipeline_run):
+    out = tmp_path / "curves.png"
+    run_script("training/plot_learning_curves.py", "--job-dir", pipeline_run["job"], "--output", str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
