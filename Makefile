@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 1500
 
 .PHONY: install demo test images clean
 
@@ -23,7 +23,8 @@ demo: install
 	rm -rf $(DEMO_DIR)/job
 	$(PY) training/run_training.py --job-dir $(DEMO_DIR)/job --path-to-train-set $(DEMO_DIR)/corpus/train \
 		--path-to-val-set $(DEMO_DIR)/corpus/validation --path-to-tokenizer $(DEMO_DIR)/tokenizer \
-		--model-size tiny --max-steps $(DEMO_STEPS) --validate-every-n-steps 50 --checkpoint-every-n-steps 100 \
+		--model-size tiny --no-packing --max-steps $(DEMO_STEPS) --validate-every-n-steps 250 \
+		--checkpoint-every-n-steps 500 \
 		--lr 1e-3 --accelerator cpu
 	$(PY) training/plot_learning_curves.py --job-dir $(DEMO_DIR)/job
 	$(PY) training/run_fill_mask.py --model-dir $(DEMO_DIR)/job/model --top-k 5 \

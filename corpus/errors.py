@@ -11,6 +11,14 @@ class PipelineError(Exception):
     """Something went wrong while running (exit code 1)."""
 
 
+class Interrupted(Exception):
+    """Stopped by a signal after saving a checkpoint (exit code 128 + signal number)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def run_main(main: Callable[[], None]) -> int:
     """Run a script's main(); print bad input as one line on stderr instead of a traceback."""
     try:
@@ -21,6 +29,9 @@ def run_main(main: Callable[[], None]) -> int:
     except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from corpus.errors import UsageError
@@ -196,6 +196,34 @@ def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> d
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+class ResumableSampler(Sampler[int]):
+    """Shuffles with (seed, epoch), gives each rank a disjoint share, and can start mid-epoch.
+
+    The order depends only on the seed and the epoch, so a resumed run skips the samples the
+    interrupted run already trained on and sees the rest of the epoch in the same order.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 epoch: int = 0, skip: int = 0) -> None:
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch, self.skip = epoch, skip
+        self.per_rank = -(-n // world_size) if shuffle else len(range(rank, n, world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.shuffle and self.per_rank * self.world_size > self.n:  # equal shares, so ranks step together
+            order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
+        mine = order[self.rank :: self.world_size]
+        skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
+        return iter(mine[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
 class MaskedLMDataModule(pl.LightningDataModule):
     """Train and validation splits, tokenised once and cached, served as masked-LM batches."""
 
@@ -212,6 +240,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_file, self.cache_dir = tokenizer, tokenizer_file, cache_dir
         self.max_seq_length, self.batch_size, self.mlm_probability = max_seq_length, batch_size, mlm_probability
         self.packing, self.num_workers, self.seed = packing, num_workers, seed
+        self.resume_position = (0, 0)  # (epoch, batches already trained in it), restored from a checkpoint
 
     def prepare_data(self) -> None:
         for files in (self.train_files, self.val_files):
@@ -232,15 +261,34 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.val_set = FixedMaskedSet(Sentences(val, self.max_seq_length, bos, eos), val_collator)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
+        epoch, batches_done = self.resume_position
+        rank, world = self._rank()
+        sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch=epoch,
+                                   skip=batches_done * self.batch_size)
+        if sampler.skip >= len(sampler):  # stopped right at the end of an epoch: the next one starts afresh
+            sampler.epoch, sampler.skip = epoch + 1, 0
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False, collate_fn=self.train_collator,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+            collate_fn=self.train_collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def val_dataloader(self) -> DataLoader:
-        pad_id = self.tokenizer.pad_token_id
+        rank, world = self._rank()  # each rank scores a disjoint part; the module sums over ranks
         return DataLoader(
-            self.val_set, batch_size=self.batch_size, shuffle=False,
-            collate_fn=partial(pad_masked, pad_id=pad_id), num_workers=0,
+            self.val_set, batch_size=self.batch_size, sampler=ResumableSampler(len(self.val_set), 0, rank, world, False),
+            collate_fn=partial(pad_masked, pad_id=self.tokenizer.pad_token_id), num_workers=0,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data: saved in every checkpoint, so a resume continues there."""
+        trainer = self.trainer
+        return {"epoch": trainer.current_epoch, "batches": trainer.lightning_module.batches_this_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.resume_position = (state_dict.get("epoch", 0), state_dict.get("batches", 0))

@@ -4,15 +4,18 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from corpus.errors import UsageError
+from corpus.errors import Interrupted, UsageError
 from training.data import MaskedLMDataModule
 from training.export import export_model
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
@@ -44,6 +47,7 @@ class TrainingConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     gradient_clip_val: float = 1.0
+    max_bad_steps: int = 10
     seed: int = 42
     validate_every_n_steps: int = 500
     checkpoint_every_n_steps: int = 500
@@ -71,6 +75,7 @@ def validate_config(cfg: TrainingConfig) -> None:
          f"got {cfg.max_seq_length}"),
         (cfg.validate_every_n_steps >= 1 and cfg.checkpoint_every_n_steps >= 1,
          "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
+        (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
         (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
          "--hidden-size, --num-layers and --num-heads must be at least 1"),
@@ -158,6 +163,14 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
+def _checkpoint_step(path: str) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as e:  # a truncated or foreign file
+        raise UsageError(f"cannot resume from {path!r} ({str(e).splitlines()[0][:200]}); "
+                         "pass --no-resume to start over") from None
+
+
 def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
     validate_config(cfg)
@@ -177,14 +190,21 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         vocab_size=len(tokenizer), model_size=cfg.model_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
         num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-        max_steps=cfg.max_steps,
+        max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
     )
-    trainer, clock = build_trainer(
+    trainer, clock, stopper = build_trainer(
         cfg.job_dir, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, cfg.max_time, cfg.log_every_n_steps,
-        cfg.gradient_clip_val, cfg.progress,
+        cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file
+    except SIGTERMException:  # raised by Lightning after the step in which GracefulStop saved the checkpoint
+        pass
+    if stopper.received is not None:
+        raise Interrupted(f"by {signal.Signals(stopper.received).name} at step {trainer.global_step}; checkpoint in "
+                          f"{stopper.checkpoint_path}; run the same command again to resume", stopper.received)
+    trainer.save_checkpoint(stopper.checkpoint_path)  # last.ckpt holds the final step, whatever the interval
     if module.last_validated_step != trainer.global_step:  # stopped between validations (or by --max-time)
         trainer.validate(module, datamodule=datamodule, verbose=False)
     m = trainer.callback_metrics

@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 from transformers import RobertaConfig, RobertaForMaskedLM, get_linear_schedule_with_warmup
 
+from corpus.errors import PipelineError
+
+
+class NonFiniteLossError(PipelineError):
+    """Training diverged: too many consecutive steps with a NaN or infinite loss."""
+
+
 # hidden size, layers, heads, feed-forward size. `base` is the 2021 demo's model.
 MODEL_SIZES = {
     "tiny": (256, 4, 4, 1024),
@@ -52,7 +59,7 @@ class MaskedLMModule(pl.LightningModule):
         self, vocab_size: int, model_size: str = "base", hidden_size: int | None = None, num_layers: int | None = None,
         num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
         lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
-        adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6,
+        adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -61,15 +68,45 @@ class MaskedLMModule(pl.LightningModule):
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
         self._val_sums: torch.Tensor | None = None
+        self._resumed_epoch: int | None = None
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps = 0
         self.last_validated_step = -1
+        self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
+
+    def on_train_epoch_start(self) -> None:
+        if self.trainer.current_epoch != self._resumed_epoch:
+            self.batches_this_epoch = 0
+        self._resumed_epoch = None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        data = checkpoint.get("MaskedLMDataModule", {})  # Lightning stores the datamodule's state by class name
+        self._resumed_epoch = data.get("epoch")
+        self.batches_this_epoch = data.get("batches", 0)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        if not torch.isfinite(loss):
+            return self._skip_bad_step(loss)
+        self.bad_steps_in_a_row = 0
         self.train_tokens += batch["attention_mask"].sum()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mlm_accuracy", correct / n.clamp(min=1))
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def _skip_bad_step(self, loss: torch.Tensor) -> None:
+        """Skip the update (returning None does that in Lightning); give up after too many in a row."""
+        self.bad_steps_in_a_row += 1
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.bad_steps_in_a_row >= self.hparams.max_bad_steps:
+            raise NonFiniteLossError(
+                f"the loss was {loss.item()} for {self.bad_steps_in_a_row} steps in a row at step {self.global_step}; "
+                "lower --lr or use --precision 32-true; the last good checkpoint is kept"
+            )
+        return None
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)

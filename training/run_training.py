@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-ratio", type=float, default=0.06,
                    help="share of --max-steps with linear warmup, then linear decay to 0 (default: %(default)s)")
     t.add_argument("--gradient-clip-val", type=float, default=1.0, help="clip gradient norm; 0 = off (default: %(default)s)")
+    t.add_argument("--max-bad-steps", type=int, default=10,
+                   help="stop after this many consecutive steps with a NaN/inf loss (each is skipped) (default: %(default)s)")
     t.add_argument("--seed", type=int, default=42, help="random seed; also fixes the validation masks (default: %(default)s)")
     t.add_argument("--validate-every-n-steps", type=int, default=500, help="validation interval (default: %(default)s)")
     t.add_argument("--checkpoint-every-n-steps", type=int, default=500,

@@ -1,5 +1,7 @@
 """Lightning Trainer set-up: precision choice, TensorBoard, checkpoints and a training clock."""
+import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -7,6 +9,55 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger("training")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint under a temporary name and rename it: a crash mid-write never truncates last.ckpt."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
+        tmp = f"{path}.tmp"
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class GracefulStop(Callback):
+    """On SIGTERM (preemption) or SIGINT, finish the current step, save last.ckpt and stop.
+
+    Lightning's own SIGTERM handler flags `trainer.received_sigterm` (and tells the other ranks);
+    SIGINT gets a handler here so that Ctrl+C no longer aborts in the middle of a step.
+    """
+
+    def __init__(self, checkpoint_path: str) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.received: int | None = None
+        self._sigint = False
+        self._previous_sigint: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._sigint:  # a second Ctrl+C: stop waiting for the step to end
+            raise KeyboardInterrupt
+        self._sigint = True
+        log.warning("received SIGINT: saving a checkpoint after the current step (press again to abort)")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.received is not None:
+            return
+        if trainer.received_sigterm or self._sigint:
+            self.received = signal.SIGTERM if trainer.received_sigterm else signal.SIGINT
+            trainer.save_checkpoint(self.checkpoint_path)
+            log.warning("checkpoint saved at step %d to %s", trainer.global_step, self.checkpoint_path)
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
 
 
 def cpu_has_bf16() -> bool:
@@ -83,20 +134,24 @@ def build_trainer(
     job_dir: str, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
     accelerator: str = "auto", devices: str | int = "auto", precision: str = "auto", strategy: str = "auto",
     num_nodes: int = 1, max_time: str | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
-    progress: bool = True,
-) -> tuple[pl.Trainer, TrainingClock]:
+    progress: bool = True, purge_step: int | None = None,
+) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
     clock = TrainingClock(log_every_n_steps)
+    stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
         save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
     )
-    logger = TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False)
+    # On resume, purge_step tells TensorBoard to drop what the interrupted run logged after its checkpoint.
+    logger = TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False,
+                               purge_step=purge_step)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
         precision=resolve_precision(precision, accelerator), max_steps=max_steps, max_time=max_time,
         max_epochs=-1, val_check_interval=validate_every_n_steps, check_val_every_n_epoch=None,
         log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
-        callbacks=[checkpoints, clock], logger=logger, enable_progress_bar=progress,
+        callbacks=[checkpoints, clock, stopper], logger=logger, enable_progress_bar=progress,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
+        plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # our sampler shards by rank and resumes
     )
-    return trainer, clock
+    return trainer, clock, stopper

@@ -1,0 +1,94 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY_MODEL, run_script
+from training.data import ResumableSampler
+
+
+def test_resumed_sampler_continues_the_epoch_in_the_same_order():
+    full = list(ResumableSampler(100, seed=3, epoch=2))
+    assert sorted(full) == list(range(100)) and full != list(range(100))
+    assert list(ResumableSampler(100, seed=3, epoch=2, skip=40)) == full[40:]
+    assert list(ResumableSampler(100, seed=3, epoch=3)) != full  # a new epoch, a new order
+    shares = [list(ResumableSampler(101, seed=3, rank=r, world_size=4)) for r in range(4)]
+    assert all(len(s) == 26 for s in shares) and set().union(*shares) == set(range(101))
+    val = [list(ResumableSampler(101, 0, r, 4, shuffle=False)) for r in range(4)]
+    assert sorted(sum(val, [])) == list(range(101))  # validation: disjoint, nothing counted twice
+
+
+def train_args(pipeline_run, job, *extra):
+    corpus = pipeline_run["corpus"]
+    return ["--job-dir", str(job), "--path-to-train-set", f"{corpus}/train", "--path-to-val-set",
+            f"{corpus}/validation", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL,
+            "--accelerator", "cpu", "--no-progress", "--log-every-n-steps", "1", *extra]
+
+
+def start_training(args):
+    return subprocess.Popen([sys.executable, "training/run_training.py", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=120):
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def logged_steps(job, tag="train/loss"):
+    events = EventAccumulator(os.path.join(job, "tensorboard"))  # purges steps orphaned by a crash
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_killed_run_resumes_and_reaches_max_steps(tmp_path, pipeline_run):
+    job = tmp_path / "job"
+    args = train_args(pipeline_run, job, "--max-steps", "30", "--checkpoint-every-n-steps", "8",
+                      "--validate-every-n-steps", "15")
+    proc = start_training(args)
+    wait_for(job / "checkpoints" / "last.ckpt")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 8 <= killed_at < 30
+    result = run_script("training/run_training.py", *args)
+    assert "resuming from" in result.stderr
+    assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    steps = logged_steps(str(job))
+    assert steps == list(range(steps[0], steps[0] + len(steps))) and len(steps) == 30, steps
+    metrics = run_script("training/export_model.py", "--checkpoint", str(job / "checkpoints" / "last.ckpt"),
+                         "--output-dir", str(tmp_path / "exported"))
+    assert "step 30" in metrics.stderr and (tmp_path / "exported" / "model.safetensors").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step(tmp_path, pipeline_run):
+    job = tmp_path / "job"
+    proc = start_training(train_args(pipeline_run, job, "--max-steps", "10000", "--checkpoint-every-n-steps", "5",
+                                     "--validate-every-n-steps", "10000"))
+    wait_for(job / "checkpoints" / "last.ckpt")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "Traceback" not in stderr and "run the same command again to resume" in stderr
+    step = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"at step {step};" in stderr and step > 5
+
+
+def test_diverging_run_stops_with_a_clear_message(tmp_path, pipeline_run):
+    result = run_script("training/run_training.py", *train_args(pipeline_run, tmp_path / "job", "--lr", "1e30",
+                        "--max-steps", "40", "--max-bad-steps", "3", "--gradient-clip-val", "0"), check=False)
+    assert result.returncode == 1 and "lower --lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_job_dir_with_an_incompatible_run_is_refused(tmp_path, pipeline_run):
+    job = pipeline_run["job"]
+    result = run_script("training/run_training.py", *train_args(pipeline_run, job, "--max-steps", "41",
+                        "--num-layers", "3"), check=False)
+    assert result.returncode == 2 and "num_layers" in result.stderr and "--no-resume" in result.stderr

@@ -1,0 +1,60 @@
+"""Export any training checkpoint as a Hugging Face model directory (safetensors + tokenizer).
+
+    python training/export_model.py --checkpoint runs/demo/job/checkpoints/last.ckpt --output-dir exported/
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from corpus.errors import UsageError, run_main
+from training.export import export_model
+from training.job import load_tokenizer
+from training.model import MaskedLMModule
+
+
+def load_module(checkpoint: str) -> MaskedLMModule:
+    """Rebuild the LightningModule from a checkpoint, reading tensors and plain data only (weights_only)."""
+    if not os.path.isfile(checkpoint):
+        raise UsageError(f"checkpoint {checkpoint!r} does not exist; pass JOB/checkpoints/last.ckpt or another .ckpt")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        module = MaskedLMModule(**state["hyper_parameters"])
+        module.load_state_dict(state["state_dict"])
+    except Exception as e:  # truncated, foreign or incompatible files all end here
+        raise UsageError(f"{checkpoint!r} is not a checkpoint of this pipeline ({str(e).splitlines()[0][:200]})") from None
+    module.global_step_loaded = state.get("global_step", 0)
+    return module
+
+
+def default_tokenizer(checkpoint: str) -> str | None:
+    """The tokenizer the run used, from JOB/run_config.json beside JOB/checkpoints/."""
+    run_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "run_config.json")
+    if os.path.isfile(run_file):
+        with open(run_file) as f:
+            return json.load(f)["config"]["tokenizer_path"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a .ckpt written by run_training.py")
+    p.add_argument("--output-dir", required=True, help="directory to write (replaced only once complete)")
+    p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the one the run used, from run_config.json)")
+    args = p.parse_args(argv)
+    tokenizer_path = args.path_to_tokenizer or default_tokenizer(args.checkpoint)
+    if tokenizer_path is None:
+        raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
+    tokenizer, _ = load_tokenizer(tokenizer_path)
+    module = load_module(args.checkpoint)
+    if len(tokenizer) != module.config.vocab_size:
+        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
+                         "pass the --path-to-tokenizer the run was trained with")
+    export_model(module.model, tokenizer, args.output_dir)
+    print(f"exported step {module.global_step_loaded} to {args.output_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
