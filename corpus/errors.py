@@ -26,8 +26,12 @@ def run_main(main: Callable[[], None]) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (PipelineError, OSError) as e:
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permissions, vanished files: name the file and what to check
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check free disk space and permissions, then re-run", file=sys.stderr)
         return 1
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Step 1 end to end: read, normalise, deduplicate, split and write the corpus."""
+import itertools
 import os
 import shutil
 import time
@@ -77,8 +78,13 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         cfg.data_files, cfg.dataset, cfg.dataset_config, cfg.text_columns, stats, cfg.cache_dir, cfg.streaming
     )
     batches = _limit_rows(batches, stats, cfg.max_rows)
+    first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
+    batches = itertools.chain([first] if first is not None else [], batches)
     normalise = partial(normalise_batch, lowercase=cfg.lowercase, strip_punctuation=cfg.strip_punctuation)
-    staging = staging_dir(cfg.output_dir)
+    try:
+        staging = staging_dir(cfg.output_dir)
+    except OSError as e:
+        raise UsageError(f"cannot write to --output-dir {cfg.output_dir!r} ({e.strerror}); choose a writable directory") from None
     started = time.time()
     try:
         writers = {s: ShardWriter(os.path.join(staging, s), cfg.lines_per_shard) for s in ("train", "validation")}
@@ -89,7 +95,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         try:
             normalised = pool.imap(normalise, batches) if pool else map(normalise, batches)
             bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
-            for sentences in normalised:
+            for sentences in normalised:  # (bar closed below; an error ends the process anyway)
                 rows_seen += len(sentences)
                 bar.update(len(sentences))
                 for s in sentences:
@@ -108,10 +114,11 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
                 pool.terminate()
         shards = {split: w.close() for split, w in writers.items()}
         dropped.update(stats.dropped)
+        rows_read = rows_seen + sum(stats.dropped.values())
         kept = sum(sh["lines"] for split in shards.values() for sh in split)
         if not shards["train"]:
             raise PipelineError(
-                f"no sentence left after reading {rows_seen} rows (dropped: {dict(dropped) or 'none'}); "
+                f"no sentence left after reading {rows_read} rows (dropped: {dict(dropped) or 'none'}); "
                 "check --text-column and the length filters"
             )
         if not shards["validation"]:
@@ -121,7 +128,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         manifest = {
             "source": {"data_files": cfg.data_files, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config},
             "arguments": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-            "rows_read": rows_seen + sum(stats.dropped.values()),
+            "rows_read": rows_read,
             "rows_kept": kept,
             "dropped": dict(sorted(dropped.items())),
             "duplicates_removed": dedup.duplicates,

@@ -78,8 +78,11 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
     """
     opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
-        header = f.readline().rstrip(b"\r\n").decode("utf-8", errors="replace").split("\t")
-        if len(header) < 2:
+        try:
+            header = f.readline(1 << 16).rstrip(b"\r\n").decode("utf-8").split("\t")
+        except (UnicodeDecodeError, OSError):  # binary, or not really gzip
+            header = []
+        if len(header) < 2 or not all(name.isprintable() and name for name in header):
             raise UsageError(f"{path!r} is not a tab-separated file with a header row; check --data-files")
         wanted = resolve_columns(columns, header, path)
         index = [header.index(c) for c in wanted]
@@ -120,6 +123,7 @@ def load_local_dataset(files: list[str], builder: str, cache_dir: str | None, st
     """Load local csv/json/parquet/txt files with `datasets` as one split."""
     import datasets
 
+    datasets.logging.get_logger("datasets").setLevel("CRITICAL")  # we report failures ourselves, in one line
     try:
         loaded = datasets.load_dataset(
             builder, data_files={"train": files}, split="train", cache_dir=cache_dir, streaming=streaming
@@ -133,6 +137,7 @@ def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, strea
     """Load every split of a hub dataset (we make our own split), or explain how to do without the hub."""
     import datasets
 
+    datasets.logging.get_logger("datasets").setLevel("CRITICAL")  # we report failures ourselves, in one line
     try:
         loaded = datasets.load_dataset(name, config, cache_dir=cache_dir, streaming=streaming)
     except Exception as e:  # offline, missing, gated or script-based: all end the same way

@@ -103,21 +103,3 @@ def test_refuses_to_overwrite_and_replaces_only_with_flag(tmp_path, sample_tsv):
                "--lowercase", "--no-progress")
     assert read_split(out, "train") != before and all(l == l.lower() for l in read_split(out, "train"))
     assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
-
-
-@pytest.mark.parametrize("args, code, words", [
-    (["--data-files", "/nonexistent/*.tsv"], 2, "matches no file"),
-    (["--validation-sample-size", "1.5"], 2, "between 0 and 1"),
-    (["--text-column", "nope"], 2, "product_title"),
-    (["--min-chars", "100000"], 1, "no sentence left"),
-])
-def test_bad_input_is_one_line_and_changes_nothing(tmp_path, sample_tsv, args, code, words):
-    if "--data-files" not in args:
-        args = ["--data-files", sample_tsv, *args]
-    out = tmp_path / "out"
-    result = run_script("corpus/run_corpus_generation.py", *args, "--output-dir", str(out), "--no-progress",
-                        check=False)
-    assert result.returncode == code, result.stderr
-    assert words in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not out.exists() and os.listdir(tmp_path) == []

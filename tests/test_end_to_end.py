@@ -5,7 +5,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import pipeline
 
-from conftest import TINY_MODEL, run_script
+from conftest import run_script
 
 
 def scalars(job: str, tag: str) -> list[tuple[int, float]]:
@@ -48,25 +48,25 @@ def test_checkpoint_and_run_config(pipeline_run):
     assert json.load(open(os.path.join(job, "run_config.json")))["identity"]["max_seq_length"] == 64
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--max-seq-length", "600"], "between 8 and 512"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--lr", "-1"], "--lr"),
-    (["--path-to-tokenizer", "/nonexistent"], "tokenizer.json"),
-    (["--path-to-val-set", "TRAIN"], "share files"),
-])
-def test_training_bad_input(tmp_path, pipeline_run, extra, words):
-    corpus = pipeline_run["corpus"]
-    extra = [f"{corpus}/train" if e == "TRAIN" else e for e in extra]
-    base = ["--path-to-train-set", f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation",
-            "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL, "--max-steps", "2", "--no-progress"]
-    job = tmp_path / "job"
-    result = run_script("training/run_training.py", "--job-dir", str(job), *base, *extra, check=False)
-    assert result.returncode == 2 and words in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and not (job / "checkpoints").exists()
-
-
 def test_learning_curves_plot(tmp_path, pipeline_run):
     out = tmp_path / "curves.png"
     run_script("training/plot_learning_curves.py", "--job-dir", pipeline_run["job"], "--output", str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_model_card_and_hparams(pipeline_run):
+    card = open(os.path.join(pipeline_run["job"], "model", "README.md")).read()
+    assert "## Final validation" in card and str(pipeline_run["final_metrics"]["val_loss"]) in card
+    assert "train lines:" in card and "vocabulary:" in card
+    events = EventAccumulator(os.path.join(pipeline_run["job"], "tensorboard"))
+    events.Reload()
+    assert "hparams/val_loss" in events.Tags()["scalars"]  # next to the hyperparameters in the HParams tab
+
+
+def test_fill_mask_from_checkpoint_and_stdin(pipeline_run):
+    ckpt = os.path.join(pipeline_run["job"], "checkpoints", "last.ckpt")
+    result = run_script("training/run_fill_mask.py", "--checkpoint", ckpt, "-", "--top-k", "2",
+                        input="Soft <mask> Blanket\nBaby <mask> Bottle\n")
+    assert "Soft <mask> Blanket" in result.stdout and "Baby <mask> Bottle" in result.stdout
+    bad = run_script("training/run_fill_mask.py", "--checkpoint", ckpt, "no mask here", check=False)
+    assert bad.returncode == 2 and "exactly once" in bad.stderr

@@ -38,22 +38,28 @@ def default_tokenizer(checkpoint: str) -> str | None:
     return None
 
 
+def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | None = None) -> int:
+    """Export a checkpoint's model with its tokenizer; return the checkpoint's global step."""
+    tokenizer_path = tokenizer_path or default_tokenizer(checkpoint)
+    if tokenizer_path is None:
+        raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
+    tokenizer, _ = load_tokenizer(tokenizer_path)
+    module = load_module(checkpoint)
+    if len(tokenizer) != module.config.vocab_size:
+        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
+                         "pass the --path-to-tokenizer the run was trained with")
+    export_model(module.model, tokenizer, output_dir)
+    return module.global_step_loaded
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by run_training.py")
     p.add_argument("--output-dir", required=True, help="directory to write (replaced only once complete)")
     p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the one the run used, from run_config.json)")
     args = p.parse_args(argv)
-    tokenizer_path = args.path_to_tokenizer or default_tokenizer(args.checkpoint)
-    if tokenizer_path is None:
-        raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
-    tokenizer, _ = load_tokenizer(tokenizer_path)
-    module = load_module(args.checkpoint)
-    if len(tokenizer) != module.config.vocab_size:
-        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
-                         "pass the --path-to-tokenizer the run was trained with")
-    export_model(module.model, tokenizer, args.output_dir)
-    print(f"exported step {module.global_step_loaded} to {args.output_dir}", file=sys.stderr)
+    step = export_checkpoint(args.checkpoint, args.output_dir, args.path_to_tokenizer)
+    print(f"exported step {step} to {args.output_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from corpus.errors import Interrupted, UsageError
 from training.data import MaskedLMDataModule
 from training.export import export_model
+from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
 from training.trainer_setup import build_trainer
 
@@ -219,7 +220,14 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         "train_tokens_per_second": round(int(module.train_tokens) / max(clock.seconds, 1e-9), 1),
     }
     if trainer.is_global_zero:
-        export_model(module.model, tokenizer, os.path.join(cfg.job_dir, "model"))
+        training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",
+                                                 "mlm_probability", "lr", "warmup_ratio", "weight_decay", "seed")}
+        training["precision"] = trainer.precision
+        trainer.logger.log_hyperparams(training | identity, {f"hparams/{k}": v for k, v in metrics.items()
+                                                             if k.startswith("val_")})
+        report = read_json(os.path.join(os.path.dirname(tokenizer_file), "tokenizer_report.json"))
+        card = model_card(module.config, metrics, corpus_manifest(cfg.train_path), report, training)
+        export_model(module.model, tokenizer, os.path.join(cfg.job_dir, "model"), {"README.md": card})
         with open(os.path.join(cfg.job_dir, "final_metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics

@@ -2,10 +2,12 @@
 
     python training/run_fill_mask.py --model-dir runs/demo/model "Organic cotton baby <mask>" --top-k 5
     cat titles.txt | python training/run_fill_mask.py --model-dir runs/demo/model -
+    python training/run_fill_mask.py --checkpoint runs/demo/job/checkpoints/last.ckpt "Baby <mask> bottle"
 """
 import argparse
 import os
 import sys
+import tempfile
 
 from corpus.errors import UsageError, run_main
 from training.fill_mask import fill_mask, load_fill_mask
@@ -14,7 +16,10 @@ from training.fill_mask import fill_mask, load_fill_mask
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", help="texts with one <mask> each; '-' reads one text per line from stdin")
-    p.add_argument("--model-dir", required=True, help="exported model directory (JOB/model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="exported model directory (JOB/model)")
+    source.add_argument("--checkpoint", help="a training checkpoint (.ckpt) instead of an exported model")
+    p.add_argument("--path-to-tokenizer", help="with --checkpoint: step 2's directory (default: the run's own)")
     p.add_argument("--input-file", help="read texts from this file, one per line")
     p.add_argument("--top-k", type=int, default=5, help="predictions per text (default: %(default)s)")
     return p
@@ -22,8 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.checkpoint:
+        from training.export_model import export_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export_checkpoint(args.checkpoint, os.path.join(tmp, "model"), args.path_to_tokenizer)
+            args.model_dir = os.path.join(tmp, "model")
+            return predict(args)
     if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
         raise UsageError(f"{args.model_dir!r} is not an exported model (no config.json); pass JOB/model")
+    predict(args)
+
+
+def predict(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise UsageError("--top-k must be at least 1")
     texts = [t for t in args.texts if t != "-"]

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("training")
 
@@ -26,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class GracefulStop(Callback):
     """On SIGTERM (preemption) or SIGINT, finish the current step, save last.ckpt and stop.
 
-    Lightning's own SIGTERM handler flags `trainer.received_sigterm` (and tells the other ranks);
+    Lightning's own SIGTERM handler tells the other ranks and raises SIGTERMException between steps;
     SIGINT gets a handler here so that Ctrl+C no longer aborts in the middle of a step.
     """
 
@@ -45,15 +46,21 @@ class GracefulStop(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
+    def _save(self, trainer: pl.Trainer, signum: int) -> None:
+        self.received = signum
+        trainer.save_checkpoint(self.checkpoint_path)
+        log.warning("checkpoint saved at step %d to %s", trainer.global_step, self.checkpoint_path)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.received is not None:
-            return
-        if trainer.received_sigterm or self._sigint:
-            self.received = signal.SIGTERM if trainer.received_sigterm else signal.SIGINT
-            trainer.save_checkpoint(self.checkpoint_path)
-            log.warning("checkpoint saved at step %d to %s", trainer.global_step, self.checkpoint_path)
+        if self._sigint and self.received is None:
+            self._save(trainer, signal.SIGINT)
             trainer.should_stop = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning raises this between steps once SIGTERM has arrived, so the state is consistent here.
+        if isinstance(exception, SIGTERMException) and self.received is None:
+            self._save(trainer, signal.SIGTERM)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._previous_sigint is not None:
@@ -113,7 +120,7 @@ class TrainingClock(Callback):
         now, tokens = self.seconds, int(pl_module.train_tokens)
         then, tokens_then = self._last_log
         if now > then:
-            pl_module.log("throughput/tokens_per_sec", (tokens - tokens_then) / (now - then))
+            pl_module.log("throughput/tokens_per_sec", (tokens - tokens_then) / (now - then), prog_bar=True)
         self._last_log = (now, tokens)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
