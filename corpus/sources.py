@@ -66,12 +66,8 @@ def resolve_columns(requested: list[str] | None, available: list[str], where: st
     return requested
 
 
-def _join(values: list) -> str:
-    return " ".join(v for v in values if isinstance(v, str) and v)
-
-
-def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[str]]:
-    """Batches of text from one Amazon Customer Reviews TSV (plain or gzipped).
+def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[tuple[str, ...]]]:
+    """Batches of rows (the wanted columns' values) from one Amazon Customer Reviews TSV, plain or gzipped.
 
     The format is tab separated with no quoting at all: a '"' is part of the text (12" Doll).
     Rows with the wrong number of fields or undecodable UTF-8 are counted and skipped.
@@ -87,7 +83,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
         wanted = resolve_columns(columns, header, path)
         index = [header.index(c) for c in wanted]
         n_fields = len(header)
-        batch: list[str] = []
+        batch: list[tuple[str, ...]] = []
         for raw in f:
             stats.rows_read += 1
             fields = raw.rstrip(b"\r\n").split(b"\t")
@@ -95,7 +91,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
                 stats.drop("malformed_row")
                 continue
             try:
-                batch.append(" ".join(t for t in (fields[i].decode("utf-8") for i in index) if t))
+                batch.append(tuple(fields[i].decode("utf-8") for i in index))
             except UnicodeDecodeError:
                 stats.drop("bad_utf8")
                 continue
@@ -106,8 +102,8 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
             yield batch
 
 
-def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, where: str) -> Iterator[list[str]]:
-    """Batches of text from a `datasets` Dataset or IterableDataset, read column-wise."""
+def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, where: str) -> Iterator[list[tuple]]:
+    """Batches of rows (the wanted columns' values) from a `datasets` Dataset or IterableDataset."""
     available = list(dataset.column_names or [])
     if not available:  # streaming datasets may only know their columns after the first row
         dataset = dataset._resolve_features()
@@ -116,7 +112,7 @@ def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, wher
     for rows in dataset.select_columns(wanted).iter(batch_size=BATCH_ROWS):
         n = len(rows[wanted[0]])
         stats.rows_read += n
-        yield [_join([rows[c][i] for c in wanted]) for i in range(n)]
+        yield list(zip(*(rows[c] for c in wanted)))
 
 
 def load_local_dataset(files: list[str], builder: str, cache_dir: str | None, streaming: bool):
@@ -153,7 +149,7 @@ def _first_line(e: Exception) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def read_text_batches(
+def read_row_batches(
     data_files: list[str] | None,
     dataset: str | None,
     dataset_config: str | None,
@@ -161,8 +157,8 @@ def read_text_batches(
     stats: SourceStats,
     cache_dir: str | None = None,
     streaming: bool = False,
-) -> Iterator[list[str]]:
-    """Batches of raw text from whichever source was given: hub dataset, or local files."""
+) -> Iterator[list[tuple]]:
+    """Batches of rows, each the tuple of the wanted columns' values, from a hub dataset or local files."""
     if dataset:
         for split in load_hub_dataset(dataset, dataset_config, cache_dir, streaming):
             yield from read_hf_dataset(split, columns, stats, f"hub dataset {dataset!r}")
@@ -178,3 +174,17 @@ def read_text_batches(
     else:
         loaded = load_local_dataset(files, kind, cache_dir, streaming)
         yield from read_hf_dataset(loaded, columns, stats, f"{files[0]!r}")
+
+
+def read_text_batches(
+    data_files: list[str] | None,
+    dataset: str | None,
+    dataset_config: str | None,
+    columns: list[str] | None,
+    stats: SourceStats,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+) -> Iterator[list[str]]:
+    """Batches of raw text: the wanted columns of each row joined with a space (missing values skipped)."""
+    for rows in read_row_batches(data_files, dataset, dataset_config, columns, stats, cache_dir, streaming):
+        yield [" ".join(v for v in row if isinstance(v, str) and v) for row in rows]

@@ -87,3 +87,19 @@ def test_diverging_run_stops_with_a_clear_message(tmp_path, pipeline_run):
     result = run_script("training/run_training.py", *train_args(pipeline_run, tmp_path / "job", "--lr", "1e30",
                         "--max-steps", "40", "--max-bad-steps", "3", "--gradient-clip-val", "0"), check=False)
     assert result.returncode == 1 and "lower --lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_process_ddp_matches_one_device_with_twice_the_batch(tmp_path, pipeline_run):
+    import json
+
+    def train(job, *extra):
+        run_script("training/run_training.py", *train_args(pipeline_run, job, "--max-steps", "20",
+                   "--validate-every-n-steps", "20", "--lr", "2e-3", "--log-every-n-steps", "5", *extra))
+        return json.load(open(job / "final_metrics.json"))
+
+    single = train(tmp_path / "one", "--devices", "1", "--batch-size", "16")
+    ddp = train(tmp_path / "ddp", "--devices", "2", "--strategy", "ddp", "--batch-size", "8")
+    assert single["global_step"] == ddp["global_step"] == 20
+    assert abs(single["val_loss"] - ddp["val_loss"]) < 0.25, (single, ddp)
+    assert abs(ddp["train_tokens"] - single["train_tokens"]) < 0.05 * single["train_tokens"]
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()

@@ -34,7 +34,8 @@ def default_tokenizer(checkpoint: str) -> str | None:
     run_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "run_config.json")
     if os.path.isfile(run_file):
         with open(run_file) as f:
-            return json.load(f)["config"]["tokenizer_path"]
+            config = json.load(f)["config"]
+            return config.get("tokenizer_path") or config.get("init_from")
     return None
 
 

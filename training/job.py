@@ -33,7 +33,8 @@ class TrainingConfig:
     job_dir: str
     train_path: str
     val_path: str
-    tokenizer_path: str
+    tokenizer_path: str | None = None  # default: data/tokenizer, or the --init-from model's own tokenizer
+    init_from: str | None = None
     model_size: str = "base"
     hidden_size: int | None = None
     num_layers: int | None = None
@@ -107,6 +108,23 @@ def load_tokenizer(path: str) -> tuple[PreTrainedTokenizerBase, str]:
     return tokenizer, tokenizer_file
 
 
+def load_pretrained(model_dir: str, tokenizer: PreTrainedTokenizerBase):
+    """A local RoBERTa masked LM to continue pretraining; its vocabulary must be the tokenizer's."""
+    from transformers import AutoConfig, RobertaForMaskedLM
+
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UsageError(f"--init-from {model_dir!r} is not a model directory (no config.json); pass JOB/model "
+                         "or a local Hugging Face masked-LM directory")
+    config = AutoConfig.from_pretrained(model_dir)  # local files only, never remote code
+    if config.model_type not in ("roberta", "xlm-roberta", "camembert"):
+        raise UsageError(f"--init-from {model_dir!r} is a {config.model_type!r} model; only RoBERTa-style models are supported")
+    if config.vocab_size != len(tokenizer):
+        raise UsageError(f"the model in {model_dir!r} has {config.vocab_size} tokens but the tokenizer {len(tokenizer)}; "
+                         "drop --path-to-tokenizer to use the model's own tokenizer")
+    model = RobertaForMaskedLM.from_pretrained(model_dir)
+    return model
+
+
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -176,8 +194,16 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
     validate_config(cfg)
     quiet_library_noise()
-    tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path)
+    tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path or cfg.init_from or "data/tokenizer")
+    pretrained = load_pretrained(cfg.init_from, tokenizer) if cfg.init_from else None
+    if pretrained is not None and cfg.max_seq_length > pretrained.config.max_position_embeddings - 2:
+        raise UsageError(f"--max-seq-length {cfg.max_seq_length} exceeds the --init-from model's "
+                         f"{pretrained.config.max_position_embeddings - 2} positions")
     identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:6]}
+    if pretrained is not None:
+        c = pretrained.config
+        identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+                        num_heads=c.num_attention_heads)
     identity.update(vocab_size=len(tokenizer), tokenizer_sha256=_sha256(tokenizer_file))
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
@@ -192,7 +218,10 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
+        config_dict=pretrained.config.to_dict() if pretrained is not None else None,
     )
+    if pretrained is not None:
+        module.model.load_state_dict(pretrained.state_dict())
     trainer, clock, stopper = build_trainer(
         cfg.job_dir, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, cfg.max_time, cfg.log_every_n_steps,
@@ -215,9 +244,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         "val_perplexity": perplexity(val_loss),
         "val_mlm_accuracy": float(m["val/mlm_accuracy"]),
         "global_step": trainer.global_step,
-        "train_tokens": int(module.train_tokens),
+        "train_tokens": module.total_train_tokens,
         "train_seconds": round(clock.seconds, 3),
-        "train_tokens_per_second": round(int(module.train_tokens) / max(clock.seconds, 1e-9), 1),
+        "train_tokens_per_second": round(module.total_train_tokens / max(clock.seconds, 1e-9), 1),
     }
     if trainer.is_global_zero:
         training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",

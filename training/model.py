@@ -60,11 +60,14 @@ class MaskedLMModule(pl.LightningModule):
         num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
         lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
         adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
+        config_dict: dict | None = None,
     ) -> None:
+        """A fresh RoBERTa of the given size, or, with `config_dict`, of that exact configuration
+        (continued pretraining: the caller then loads the pretrained weights)."""
         super().__init__()
         self.save_hyperparameters()
-        self.config = build_config(vocab_size, model_size, hidden_size, num_layers, num_heads,
-                                   pad_token_id, bos_token_id, eos_token_id)
+        self.config = RobertaConfig.from_dict(config_dict) if config_dict else build_config(
+            vocab_size, model_size, hidden_size, num_layers, num_heads, pad_token_id, bos_token_id, eos_token_id)
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
         self._val_sums: torch.Tensor | None = None
@@ -72,6 +75,7 @@ class MaskedLMModule(pl.LightningModule):
         self.bad_steps_in_a_row = 0
         self.skipped_steps = 0
         self.last_validated_step = -1
+        self.total_train_tokens = 0  # over all ranks, set when training ends
         self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
 
     def on_train_epoch_start(self) -> None:
@@ -108,6 +112,9 @@ class MaskedLMModule(pl.LightningModule):
             )
         return None
 
+    def on_train_end(self) -> None:
+        self.total_train_tokens = int(self.trainer.strategy.reduce(self.train_tokens.double(), reduce_op="sum"))
+
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
 
@@ -123,7 +130,7 @@ class MaskedLMModule(pl.LightningModule):
             "val/loss": val_loss,
             "val/perplexity": perplexity(val_loss),
             "val/mlm_accuracy": correct / max(n, 1.0),
-        }, prog_bar=True, rank_zero_only=True)
+        }, prog_bar=True)  # identical on every rank after the reduction above
         self.last_validated_step = self.trainer.global_step
 
     def configure_optimizers(self):

@@ -24,8 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training split: a directory of .txt shards, a file or a glob (default: %(default)s)")
     io.add_argument("--path-to-val-set", default="data/corpus/validation",
                     help="validation split, same forms (default: %(default)s)")
-    io.add_argument("--path-to-tokenizer", default="data/tokenizer",
-                    help="directory with step 2's tokenizer.json (default: %(default)s)")
+    io.add_argument("--path-to-tokenizer",
+                    help="directory with step 2's tokenizer.json (default: data/tokenizer, or the --init-from "
+                         "model's own tokenizer)")
+    io.add_argument("--init-from", metavar="DIR",
+                    help="continue pretraining from a local RoBERTa masked-LM directory (an exported JOB/model or a "
+                         "Hugging Face one); its config replaces the model flags")
     io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
     m = p.add_argument_group("model")
     m.add_argument("--model-size", choices=list(MODEL_SIZES), default="base",

@@ -120,7 +120,8 @@ class TrainingClock(Callback):
         now, tokens = self.seconds, int(pl_module.train_tokens)
         then, tokens_then = self._last_log
         if now > then:
-            pl_module.log("throughput/tokens_per_sec", (tokens - tokens_then) / (now - then), prog_bar=True)
+            rate = (tokens - tokens_then) / (now - then) * trainer.world_size  # ranks run in lockstep
+            pl_module.log("throughput/tokens_per_sec", rate, prog_bar=True)
         self._last_log = (now, tokens)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
