@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from corpus.errors import PipelineError, UsageError
 from corpus.normalise import normalise_text
-from corpus.sources import SourceStats, read_text_batches
-from corpus.splitting import Deduplicator, is_validation, sentence_hash
+from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
+from corpus.splitting import Deduplicator, RepeatFilter, is_validation, sentence_hash
 from corpus.writing import ShardWriter, check_output_dir, publish, staging_dir, write_manifest
 
 
@@ -55,8 +55,20 @@ def validate_config(cfg: CorpusConfig) -> None:
         raise UsageError("--num-proc must be at least 1 and --max-rows 0 (all) or more")
 
 
-def normalise_batch(texts: list[str], lowercase: bool, strip_punctuation: bool) -> list[str]:
-    return [normalise_text(t, lowercase, strip_punctuation) for t in texts]
+def normalise_batch(batch: tuple[int, list[str]], lowercase: bool, strip_punctuation: bool) -> tuple[int, list[str]]:
+    """(rows the batch stood for, normalised texts): the row count travels with the batch through the pool."""
+    rows, texts = batch
+    return rows, [normalise_text(t, lowercase, strip_punctuation) for t in texts]
+
+
+def normalise_tsv_file(path: str, columns: list[str] | None, lowercase: bool,
+                       strip_punctuation: bool) -> tuple[int, list[str], dict[str, int], int]:
+    """One whole TSV in a worker process: (rows, normalised unique texts, dropped by reason, repeats)."""
+    stats, repeats, out, rows = SourceStats(), RepeatFilter(), [], 0
+    for batch in read_text_batches([path], None, None, columns, stats):
+        rows += len(batch)
+        out.extend(normalise_text(t, lowercase, strip_punctuation) for t in repeats.fresh(batch))
+    return rows, out, stats.dropped, repeats.repeats
 
 
 def _limit_rows(batches: Iterable[list[str]], stats: SourceStats, max_rows: int) -> Iterator[list[str]]:
@@ -67,6 +79,15 @@ def _limit_rows(batches: Iterable[list[str]], stats: SourceStats, max_rows: int)
             return
         taken += len(batch)
         yield batch
+
+
+def _merge_file_stats(results: Iterable[tuple], stats: SourceStats) -> Iterator[tuple]:
+    """Fold each worker's drop counts and repeats into the run's statistics as its file completes."""
+    for rows, texts, dropped, repeats in results:
+        for reason, n in dropped.items():
+            stats.drop(reason, n)
+        stats.repeats_in_workers += repeats
+        yield rows, texts, dropped, repeats
 
 
 def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
@@ -80,7 +101,11 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     batches = _limit_rows(batches, stats, cfg.max_rows)
     first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
     batches = itertools.chain([first] if first is not None else [], batches)
-    normalise = partial(normalise_batch, lowercase=cfg.lowercase, strip_punctuation=cfg.strip_punctuation)
+    files = expand_data_files(cfg.data_files) if cfg.data_files else []
+    # Several TSVs and several processes: each worker reads and normalises whole files, in file order.
+    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) == "tsv" for f in files)
+    if per_file:
+        stats = SourceStats()  # the peek above is discarded: the workers read every file themselves
     try:
         staging = staging_dir(cfg.output_dir)
     except OSError as e:
@@ -88,16 +113,24 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     started = time.time()
     try:
         writers = {s: ShardWriter(os.path.join(staging, s), cfg.lines_per_shard) for s in ("train", "validation")}
-        dedup = Deduplicator()
+        dedup, repeats = Deduplicator(), RepeatFilter()
         dropped: Counter[str] = Counter()
-        rows_seen = 0
+        rows_seen, file_repeats = 0, 0
+        bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
         pool = Pool(cfg.num_proc) if cfg.num_proc > 1 else None
         try:
-            normalised = pool.imap(normalise, batches) if pool else map(normalise, batches)
-            bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
-            for sentences in normalised:  # (bar closed below; an error ends the process anyway)
-                rows_seen += len(sentences)
-                bar.update(len(sentences))
+            if per_file:
+                work = partial(normalise_tsv_file, columns=cfg.text_columns, lowercase=cfg.lowercase,
+                               strip_punctuation=cfg.strip_punctuation)
+                normalised: Iterator[tuple[int, list[str]]] = (
+                    (rows, texts) for rows, texts, _, _ in _merge_file_stats(pool.imap(work, files), stats))
+            else:
+                work = partial(normalise_batch, lowercase=cfg.lowercase, strip_punctuation=cfg.strip_punctuation)
+                fresh = ((len(batch), repeats.fresh(batch)) for batch in batches)
+                normalised = pool.imap(work, fresh) if pool else map(work, fresh)
+            for rows, sentences in normalised:
+                rows_seen += rows
+                bar.update(rows)
                 for s in sentences:
                     if len(s) < cfg.min_chars:
                         dropped["empty" if not s else "too_short"] += 1
@@ -115,6 +148,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         shards = {split: w.close() for split, w in writers.items()}
         dropped.update(stats.dropped)
         rows_read = rows_seen + sum(stats.dropped.values())
+        repeats.repeats += stats.repeats_in_workers
         kept = sum(sh["lines"] for split in shards.values() for sh in split)
         if not shards["train"]:
             raise PipelineError(
@@ -131,7 +165,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             "rows_read": rows_read,
             "rows_kept": kept,
             "dropped": dict(sorted(dropped.items())),
-            "duplicates_removed": dedup.duplicates,
+            "duplicates_removed": dedup.duplicates + repeats.repeats,
             "splits": {
                 split: {
                     "lines": sum(sh["lines"] for sh in split_shards),

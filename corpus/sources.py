@@ -1,6 +1,7 @@
 """Read raw rows from Amazon review TSVs, local tables or the Hugging Face hub, as text batches."""
 import glob
 import gzip
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -19,6 +20,7 @@ class SourceStats:
 
     rows_read: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    repeats_in_workers: int = 0  # rows dropped as exact repeats inside per-file worker processes
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -119,7 +121,7 @@ def load_local_dataset(files: list[str], builder: str, cache_dir: str | None, st
     """Load local csv/json/parquet/txt files with `datasets` as one split."""
     import datasets
 
-    datasets.logging.get_logger("datasets").setLevel("CRITICAL")  # we report failures ourselves, in one line
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)  # we report failures ourselves, in one line
     try:
         loaded = datasets.load_dataset(
             builder, data_files={"train": files}, split="train", cache_dir=cache_dir, streaming=streaming
@@ -133,7 +135,8 @@ def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, strea
     """Load every split of a hub dataset (we make our own split), or explain how to do without the hub."""
     import datasets
 
-    datasets.logging.get_logger("datasets").setLevel("CRITICAL")  # we report failures ourselves, in one line
+    for library in ("datasets", "huggingface_hub"):  # we report failures ourselves, in one line
+        logging.getLogger(library).setLevel(logging.CRITICAL)
     try:
         loaded = datasets.load_dataset(name, config, cache_dir=cache_dir, streaming=streaming)
     except Exception as e:  # offline, missing, gated or script-based: all end the same way
@@ -187,4 +190,7 @@ def read_text_batches(
 ) -> Iterator[list[str]]:
     """Batches of raw text: the wanted columns of each row joined with a space (missing values skipped)."""
     for rows in read_row_batches(data_files, dataset, dataset_config, columns, stats, cache_dir, streaming):
-        yield [" ".join(v for v in row if isinstance(v, str) and v) for row in rows]
+        if rows and len(rows[0]) == 1:
+            yield [v if isinstance(v, str) else "" for (v,) in rows]
+        else:
+            yield [" ".join(v for v in row if isinstance(v, str) and v) for row in rows]

@@ -31,3 +31,28 @@ class Deduplicator:
             return False
         self.seen.add(hash_value)
         return True
+
+
+class RepeatFilter:
+    """Passes each raw text once: review dumps repeat a product's title for every review, so most rows
+    can be dropped as duplicates before any work is spent normalising them.
+
+    Keys are Python's 64-bit string hashes, kept only for this run; empty texts always pass, so
+    that they are counted as empty rather than as duplicates.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.repeats = 0
+
+    def fresh(self, texts: list[str]) -> list[str]:
+        out = []
+        for text in texts:
+            if text:
+                h = hash(text)
+                if h in self.seen:
+                    self.repeats += 1
+                    continue
+                self.seen.add(h)
+            out.append(text)
+        return out

@@ -103,3 +103,54 @@ def test_refuses_to_overwrite_and_replaces_only_with_flag(tmp_path, sample_tsv):
                "--lowercase", "--no-progress")
     assert read_split(out, "train") != before and all(l == l.lower() for l in read_split(out, "train"))
     assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
+
+
+def test_streaming_parallel_and_plain_runs_write_the_same_corpus(tmp_path):
+    rows = [{"title": f"Item &amp; {i % 150}", "brand": f"B{i % 3}"} for i in range(600)] + [{"title": None, "brand": "x"}]
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    outputs = []
+    for name, extra in (("plain", {}), ("streaming", {"streaming": True}), ("parallel", {"num_proc": 2})):
+        out, manifest = corpus(tmp_path, str(jsonl), name, text_columns=["title", "brand"], **extra)
+        outputs.append((read_split(out, "train"), read_split(out, "validation"), manifest["duplicates_removed"]))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(outputs[0][0]) + len(outputs[0][1]) == 151  # 150 titles x brands pattern + "x"
+
+
+def test_parquet_several_columns_and_filters(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    titles = ["A", "Very long title " * 20, "Bottle", "Bottle"] + [f"Soft blanket {i}" for i in range(20)]
+    brands = ["P", "Q", "R", "R"] + ["N"] * 20
+    pq.write_table(pa.table({"title": titles, "brand": brands}), tmp_path / "items.parquet")
+    out, manifest = corpus(tmp_path, str(tmp_path / "items.parquet"), text_columns=["title", "brand"],
+                           validation_size=0.5, min_chars=4, max_chars=100)
+    kept = sorted(read_split(out, "train") + read_split(out, "validation"))
+    assert kept == sorted(["Bottle R"] + [f"Soft blanket {i} N" for i in range(20)])
+    assert manifest["dropped"] == {"too_long": 1, "too_short": 1} and manifest["duplicates_removed"] == 1
+    _, limited = corpus(tmp_path, str(tmp_path / "items.parquet"), "limited", text_columns=["title"],
+                        validation_size=0.5, max_rows=2)
+    assert limited["rows_read"] == 2
+
+
+def test_unreachable_hub_dataset_says_how_to_use_local_files(tmp_path):
+    result = run_script("corpus/run_corpus_generation.py", "--dataset", "someone/no-such-dataset", "--output-dir",
+                        str(tmp_path / "out"), "--no-progress", check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "--data-files" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_several_tsv_files_in_parallel_match_one_process(tmp_path):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"part{i}.tsv.gz"
+        write_sample_reviews(str(path), n_products=120, seed=i)
+        paths.append(str(path))
+    runs = []
+    for name, num_proc in (("one", 1), ("three", 3)):
+        out = str(tmp_path / name)
+        manifest = generate_corpus(CorpusConfig(output_dir=out, data_files=paths, num_proc=num_proc, progress=False))
+        runs.append((read_split(out, "train"), read_split(out, "validation"), manifest["rows_read"],
+                     manifest["duplicates_removed"], manifest["dropped"]))
+    assert runs[0] == runs[1]

@@ -1,0 +1,187 @@
+"""Benchmark step 1 against three references on a generated 1,000,000-row Amazon review TSV.
+
+    python bench/corpus_throughput.py                 # 1M rows (and 2M for the memory check)
+    python bench/corpus_throughput.py --rows 200000   # quicker
+
+In the same run, on the same file:
+  ours  corpus/run_corpus_generation.py (--num-proc N), and --streaming on 1M and 2M rows for memory
+  r1    the 2021 demo's way: a `datasets` table iterated row by row in Python, per-row normalisation,
+        a list of lines, one write per shard
+  r2    a plain Python loop over the decompressed lines: the same normalisation, dedup and split
+  r3    the floor: decompressing and splitting the lines, nothing else
+Prints rows/s and peak RSS (largest process) of each, and the ratios. Not a test: nothing is asserted.
+"""
+import argparse
+import gzip
+import os
+import random
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def generate(path: str, rows: int, seed: int) -> None:
+    """An Amazon-format TSV of exactly `rows` reviews: the sample generator's products, long-tailed."""
+    from corpus.sample_data import HEADER, _body, _title
+
+    rng = random.Random(seed)
+    titles: list[tuple[str, str]] = []
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as f:
+        f.write(("\t".join(HEADER) + "\n").encode())
+        written = 0
+        while written < rows:
+            title, category = rng.choice(titles) if titles and rng.random() < 0.05 else _title(rng)
+            titles.append((title, category))
+            pid, parent = f"B{rng.randrange(10**9):09d}", str(rng.randrange(10**9))
+            body = _body(rng, title)
+            block = []
+            for _ in range(min(rows - written, min(60, int(rng.paretovariate(1.3))))):
+                block.append("\t".join(["US", str(rng.randrange(10**8)), f"R{rng.randrange(36**12):012X}", pid, parent,
+                                        title, category, "5", "0", "0", "N", "Y", "Great", body, "2015-08-31"]))
+            f.write(("\n".join(block) + "\n").encode("utf-8"))
+            written += len(block)
+
+
+def r1_datasets_row_by_row(path: str, out: str) -> int:
+    import csv
+
+    import datasets
+
+    from corpus.normalise import normalise_text
+
+    datasets.disable_progress_bars()
+    table = datasets.load_dataset("csv", data_files=path, sep="\t", quoting=csv.QUOTE_NONE, on_bad_lines="skip",
+                                  encoding_errors="replace", split="train", cache_dir=os.path.join(out, "cache"))
+    lines, seen, n = [], set(), 0
+    for row in table:
+        n += 1
+        title = normalise_text(row["product_title"] or "")
+        if title and title not in seen:
+            seen.add(title)
+            lines.append(title)
+    random.Random(42).shuffle(lines)
+    cut = int(len(lines) * 0.1)
+    for split, part in (("validation", lines[:cut]), ("train", lines[cut:])):
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        for i in range(0, len(part), 10_000):
+            with open(os.path.join(out, split, f"corpus_chunk_{i // 10_000:05d}.txt"), "w") as f:
+                f.write("\n".join(part[i : i + 10_000]) + "\n")
+    return n
+
+
+def r2_plain_loop(path: str, out: str) -> int:
+    from corpus.normalise import normalise_text
+    from corpus.splitting import is_validation, sentence_hash
+
+    seen, n = set(), 0
+    files = {s: open(os.path.join(out, f"{s}.txt"), "w", encoding="utf-8") for s in ("train", "validation")}
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        col, width = header.index("product_title"), len(header)
+        for line in f:
+            n += 1
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != width:
+                continue
+            title = normalise_text(fields[col])
+            if not title or title in seen:
+                continue
+            seen.add(title)
+            files["validation" if is_validation(sentence_hash(title, 42), 0.1) else "train"].write(title + "\n")
+    for f in files.values():
+        f.close()
+    return n
+
+
+def r3_floor(path: str, out: str) -> int:
+    n = 0
+    with gzip.open(path, "rb") as f:
+        for line in f:
+            line.split(b"\t")
+            n += 1
+    return n - 1
+
+
+REFERENCES = {"r1": r1_datasets_row_by_row, "r2": r2_plain_loop, "r3": r3_floor}
+
+
+def measure(command: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MiB, largest process) of a fresh subprocess.
+
+    Linux carries a parent's peak RSS at fork into the child's figure, so this process stays small:
+    inputs are generated in a subprocess of their own.
+    """
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    output = proc.stdout.read() + proc.stderr.read()
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, output
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the main input (default: %(default)s)")
+    p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="our --num-proc (default: cores)")
+    p.add_argument("--workdir", default="/tmp/bench_corpus", help="scratch directory (default: %(default)s)")
+    p.add_argument("--skip-r1", action="store_true", help="skip the slow 2021-demo reference")
+    p.add_argument("--reference", choices=REFERENCES, help=argparse.SUPPRESS)  # internal: run one reference
+    p.add_argument("--generate", nargs=3, help=argparse.SUPPRESS)  # internal: PATH ROWS SEED
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.generate:
+        generate(args.generate[0], int(args.generate[1]), int(args.generate[2]))
+        return
+    if args.reference:
+        os.makedirs(args.out, exist_ok=True)
+        print(REFERENCES[args.reference](args.input, args.out))
+        return
+    os.makedirs(args.workdir, exist_ok=True)
+    inputs = {}
+    for rows, seed in ((args.rows, 1), (2 * args.rows, 2)):
+        path = os.path.join(args.workdir, f"reviews_{rows}.tsv.gz")
+        if not os.path.exists(path):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--generate", path, str(rows), str(seed)], check=True)
+            print(f"generated {path} ({os.path.getsize(path) / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr)
+        inputs[rows] = path
+    main_input, results = inputs[args.rows], {}
+
+    def ours(name: str, path: str, *extra: str) -> None:
+        out = os.path.join(args.workdir, f"out_{name}")
+        results[name] = measure([sys.executable, "corpus/run_corpus_generation.py", "--data-files", path, "--output-dir",
+                                 out, "--overwrite", "--no-progress", *extra])[:2]
+
+    def reference(name: str) -> None:
+        out = os.path.join(args.workdir, f"out_{name}")
+        subprocess.run(["rm", "-rf", out])
+        results[name] = measure([sys.executable, __file__, "--reference", name, "--input", main_input, "--out", out])[:2]
+
+    ours("ours", main_input, "--num-proc", str(args.num_proc))
+    ours("ours_1proc", main_input, "--num-proc", "1")
+    for rows, path in inputs.items():
+        ours(f"ours_streaming_{rows}", path, "--streaming")
+    for name in ("r2", "r3") + (() if args.skip_r1 else ("r1",)):
+        reference(name)
+    print(f"\n{'run':<28}{'seconds':>9}{'rows/s':>12}{'peak RSS MiB':>14}")
+    for name, (seconds, rss) in results.items():
+        rows = 2 * args.rows if name.endswith(str(2 * args.rows)) else args.rows
+        print(f"{name:<28}{seconds:>9.1f}{rows / seconds:>12,.0f}{rss:>14.0f}")
+    ours_s = results["ours"][0]
+    print()
+    if "r1" in results:
+        print(f"ours vs r1 (2021 demo, datasets row by row): {results['r1'][0] / ours_s:.1f}x faster")
+    print(f"ours vs r2 (plain Python loop):               {results['r2'][0] / ours_s:.2f}x faster")
+    print(f"r3 floor (decompress + split) vs ours:        ours takes {ours_s / results['r3'][0]:.1f}x the floor's time")
+    s1, s2 = results[f"ours_streaming_{args.rows}"][1], results[f"ours_streaming_{2 * args.rows}"][1]
+    print(f"--streaming peak RSS: {s1:.0f} MiB at {args.rows:,} rows, {s2:.0f} MiB at {2 * args.rows:,} rows")
+
+
+if __name__ == "__main__":
+    main()
