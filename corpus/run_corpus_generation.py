@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=0, help="read at most this many rows; 0 = all (default)")
     p.add_argument("--streaming", action="store_true",
                    help="stream hub/local datasets instead of converting them to Arrow first (TSVs always stream)")
-    p.add_argument("--num-proc", type=int, default=1, help="processes for normalisation (default: %(default)s)")
+    p.add_argument("--num-proc", type=int, default=1,
+                   help="worker processes: whole files in parallel when several TSVs are given, else normalisation "
+                        "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing corpus in --output-dir (only once the new one is complete)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")

@@ -121,3 +121,8 @@ def test_disk_full_while_writing_shards_keeps_the_old_corpus(tmp_path, capsys, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "free disk space" in err[0]
     assert snapshot(str(out)) == before and os.listdir(tmp_path) == ["corpus"]
+    written.clear()
+    fresh = tmp_path / "fresh"
+    assert run_main(lambda: run_corpus_generation.main(["--data-files", sample_tsv, "--output-dir", str(fresh),
+                                                         "--no-progress"])) == 1
+    assert not fresh.exists() and sorted(os.listdir(tmp_path)) == ["corpus"]  # no shard, no manifest, no debris

@@ -42,3 +42,15 @@ def test_refuses_to_overwrite(fitted):
     result = run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(fitted / "train"),
                         "--output-dir", str(fitted / "tok"), check=False)
     assert result.returncode == 2 and "--overwrite" in result.stderr
+
+
+def test_max_lines_fits_on_an_even_sample(tmp_path):
+    from tokenizer.fitting import sample_lines
+
+    shard = tmp_path / "c.txt"
+    shard.write_text("".join(f"line {i}\n" for i in range(1000)))
+    picked = list(sample_lines([str(shard)], 100))
+    assert len(picked) == 100 and picked[0] == "line 0" and picked[-1] == "line 990"
+    run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(shard), "--output-dir", str(tmp_path / "tok"),
+               "--vocab-size", "300", "--max-lines", "100", "--no-progress")
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).mask_token_id == 4

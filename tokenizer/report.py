@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 def tokenizer_report(tokenizer: Tokenizer, lines: list[str], long_line_tokens: int = 128,
                      round_trip_sample: int = 1000) -> dict[str, Any]:
     """Statistics of `tokenizer` on `lines` (validation text: never the lines it was fitted on)."""
-    encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
+    encodings = tokenizer.encode_batch_fast(lines, add_special_tokens=False)  # no offsets: several times faster
     n_tokens = [len(e.ids) for e in encodings]
     total_tokens = sum(n_tokens)
     total_bytes = sum(len(line.encode("utf-8")) for line in lines)

@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, RobertaForMaskedLM
 
+from corpus.writing import publish
+
 
 def export_model(model: RobertaForMaskedLM, tokenizer: PreTrainedTokenizerBase, output_dir: str,
                  extra_files: dict[str, Any] | None = None) -> None:
@@ -20,12 +22,6 @@ def export_model(model: RobertaForMaskedLM, tokenizer: PreTrainedTokenizerBase, 
         for name, content in (extra_files or {}).items():
             with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
                 f.write(content if isinstance(content, str) else json.dumps(content, indent=2) + "\n")
-        old = None
-        if os.path.isdir(output_dir):
-            old = staging + ".old"
-            os.replace(output_dir, old)
-        os.replace(staging, output_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
