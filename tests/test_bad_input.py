@@ -75,6 +75,7 @@ CASES = [
     ("training", {"--batch-size": "0"}, 2, "--batch-size must be at least 1"),
     ("training", {"--lr": "-0.001"}, 2, "--lr must be positive"),
     ("training", {"--mlm-probability": "1.5"}, 2, "--mlm-probability"),
+    ("training", {"--max-time": "soon"}, 2, "--max-time 'soon' is not a duration"),
     ("training", {"--job-dir": "D/a_file/job"}, 2, "choose a writable directory"),
     ("training", {"--job-dir": "J", "--num-layers": "3"}, 2, "holds a run with a different"),
     ("fill-mask", ["--model-dir", "D/missing", "a <mask>"], 2, "not an exported model"),

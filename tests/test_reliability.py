@@ -103,3 +103,30 @@ def test_two_process_ddp_matches_one_device_with_twice_the_batch(tmp_path, pipel
     assert abs(single["val_loss"] - ddp["val_loss"]) < 0.25, (single, ddp)
     assert abs(ddp["train_tokens"] - single["train_tokens"]) < 0.05 * single["train_tokens"]
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_length_grouped_batches_keep_the_resume_contract():
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(3, 120, size=1000)
+    sampler = lambda **kw: ResumableSampler(1000, seed=5, epoch=1, lengths=lengths, batch_size=32, **kw)
+    full = list(sampler())
+    assert sorted(full) == list(range(1000))
+    batches = [full[i : i + 32] for i in range(0, 1000, 32)]
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 10  # similar lengths within a batch (random batches would spread over ~110)
+    assert list(sampler(skip=320)) == full[320:]
+
+
+def test_max_time_stops_cleanly_then_validates_and_exports(tmp_path, pipeline_run):
+    import json
+
+    job = tmp_path / "job"
+    run_script("training/run_training.py", *train_args(pipeline_run, job, "--max-steps", "100000", "--max-time", "6",
+                                                       "--validate-every-n-steps", "100000", "--no-packing"))
+    metrics = json.load(open(job / "final_metrics.json"))
+    assert 0 < metrics["global_step"] < 100000 and metrics["train_seconds"] < 30
+    assert (job / "model" / "model.safetensors").is_file() and metrics["val_loss"] > 0
+    events = EventAccumulator(os.path.join(job, "tensorboard"))
+    events.Reload()
+    assert {"throughput/tokens_per_sec", "throughput/samples_per_sec"} <= set(events.Tags()["scalars"])

@@ -196,24 +196,43 @@ def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> d
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator,
+                    pool: int = 50) -> np.ndarray:
+    """Sort each run of `pool` batches by length, then shuffle whole batches (as Hugging Face's
+    LengthGroupedSampler): batches of similar lengths, in random order. A last partial batch stays last
+    so that every other one keeps its boundaries."""
+    chunks = []
+    for start in range(0, len(order), batch * pool):
+        mega = order[start : start + batch * pool]
+        mega = mega[np.argsort(-lengths[mega], kind="stable")]
+        chunks.extend(mega[i : i + batch] for i in range(0, len(mega), batch))
+    tail = [chunks.pop()] if chunks and len(chunks[-1]) < batch else []
+    return np.concatenate([chunks[i] for i in rng.permutation(len(chunks))] + tail) if chunks or tail else order
+
+
 class ResumableSampler(Sampler[int]):
     """Shuffles with (seed, epoch), gives each rank a disjoint share, and can start mid-epoch.
 
     The order depends only on the seed and the epoch, so a resumed run skips the samples the
     interrupted run already trained on and sees the rest of the epoch in the same order.
+    With `lengths` and `batch_size`, each global batch (batch size x ranks) holds sequences of
+    similar length, so dynamic padding wastes little; the batches themselves stay in random order.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 epoch: int = 0, skip: int = 0) -> None:
+                 epoch: int = 0, skip: int = 0, lengths: np.ndarray | None = None, batch_size: int = 1) -> None:
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
-        self.epoch, self.skip = epoch, skip
+        self.epoch, self.skip, self.lengths, self.batch_size = epoch, skip, lengths, batch_size
         self.per_rank = -(-n // world_size) if shuffle else len(range(rank, n, world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.shuffle and self.lengths is not None:
+            order = group_by_length(order, self.lengths, self.batch_size * self.world_size, rng)
         if self.shuffle and self.per_rank * self.world_size > self.n:  # equal shares, so ranks step together
             order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
         mine = order[self.rank :: self.world_size]
@@ -268,8 +287,9 @@ class MaskedLMDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch, batches_done = self.resume_position
         rank, world = self._rank()
+        lengths = None if self.packing else np.diff(self.train_set.split.offsets)  # sentence lengths, for grouping
         sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch=epoch,
-                                   skip=batches_done * self.batch_size)
+                                   skip=batches_done * self.batch_size, lengths=lengths, batch_size=self.batch_size)
         if sampler.skip >= len(sampler):  # stopped right at the end of an epoch: the next one starts afresh
             sampler.epoch, sampler.skip = epoch + 1, 0
         return DataLoader(

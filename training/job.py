@@ -8,6 +8,7 @@ import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from corpus.errors import Interrupted, UsageError
 from training.data import MaskedLMDataModule
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
-from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
+from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, flops_per_token, perplexity
 from training.trainer_setup import build_trainer
 
 log = logging.getLogger("training")
@@ -60,6 +61,7 @@ class TrainingConfig:
     strategy: str = "auto"
     precision: str = "auto"
     num_workers: int | None = None
+    compile: bool = False
     cache_dir: str | None = None
     resume: bool | None = None  # None: resume when JOB/checkpoints/last.ckpt exists
     progress: bool = True
@@ -85,10 +87,28 @@ def validate_config(cfg: TrainingConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    parse_max_time(cfg.max_time)
     hidden = cfg.hidden_size or MODEL_SIZES[cfg.model_size][0]
     heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
     if hidden % heads:
         raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+
+
+def parse_max_time(value: str | None) -> timedelta | None:
+    """--max-time as seconds ("5400") or Lightning's DD:HH:MM:SS ("00:01:30:00")."""
+    if value is None:
+        return None
+    try:
+        if ":" not in value:
+            seconds = float(value)
+        else:
+            days, hours, minutes, secs = (float(x) for x in value.split(":"))
+            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise UsageError(f"--max-time {value!r} is not a duration; give seconds (5400) or DD:HH:MM:SS (00:01:30:00)")
+    return timedelta(seconds=seconds)
 
 
 def load_tokenizer(path: str) -> tuple[PreTrainedTokenizerBase, str]:
@@ -218,14 +238,15 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
-        config_dict=pretrained.config.to_dict() if pretrained is not None else None,
+        config_dict=pretrained.config.to_dict() if pretrained is not None else None, compile=cfg.compile,
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
     trainer, clock, stopper = build_trainer(
         cfg.job_dir, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
-        cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, cfg.max_time, cfg.log_every_n_steps,
+        cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
+        flops_per_token=flops_per_token(module.config, cfg.max_seq_length, cfg.mlm_probability),
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file

@@ -37,14 +37,23 @@ def build_config(vocab_size: int, model_size: str = "base", hidden_size: int | N
     )
 
 
+def flops_per_token(config: RobertaConfig, seq_len: int, mlm_probability: float) -> float:
+    """Training FLOPs per token (6 x multiply-adds): encoder, attention over `seq_len`, and the LM head
+    at masked positions only, as this module computes it."""
+    h, layers, vocab, ff = config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
+    encoder = layers * (4 * h * h + 2 * h * ff + 2 * h * seq_len)
+    head = mlm_probability * (h * h + h * vocab)
+    return 6.0 * (encoder + head)
+
+
 def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   labels: torch.Tensor, encoder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, correct predictions, masked tokens), computing logits only at masked positions.
 
     The output layer (hidden x vocabulary) is most of a small model's cost; only ~15% of the
     positions carry a label, so gathering them before the LM head skips most of that work.
     """
-    hidden = model.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = (encoder or model.roberta)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     masked = labels != -100
     targets = labels[masked]
     logits = model.lm_head(hidden[masked]).float()
@@ -60,7 +69,7 @@ class MaskedLMModule(pl.LightningModule):
         num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
         lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
         adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
-        config_dict: dict | None = None,
+        config_dict: dict | None = None, compile: bool = False,
     ) -> None:
         """A fresh RoBERTa of the given size, or, with `config_dict`, of that exact configuration
         (continued pretraining: the caller then loads the pretrained weights)."""
@@ -70,6 +79,9 @@ class MaskedLMModule(pl.LightningModule):
             vocab_size, model_size, hidden_size, num_layers, num_heads, pad_token_id, bos_token_id, eos_token_id)
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
+        self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))
+        # torch.compile of the bound forward, not of the module: the state dict keeps its plain names.
+        self.encoder = torch.compile(self.model.roberta.forward) if compile else None
         self._val_sums: torch.Tensor | None = None
         self._resumed_epoch: int | None = None
         self.bad_steps_in_a_row = 0
@@ -90,11 +102,13 @@ class MaskedLMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_this_epoch += 1
-        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                          self.encoder)
         if not torch.isfinite(loss):
             return self._skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         self.train_tokens += batch["attention_mask"].sum()
+        self.train_samples += batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mlm_accuracy", correct / n.clamp(min=1))
         self.log("lr", self.lr_schedulers().get_last_lr()[0])

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
     t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")
     t.add_argument("--num-workers", type=int, help="dataloader worker processes (default: 0)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder (pays off on long GPU runs; the first steps are slow)")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--resume", dest="resume", action="store_true", default=None,
                    help="continue from JOB/checkpoints/last.ckpt (the default whenever it exists)")

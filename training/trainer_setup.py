@@ -3,6 +3,7 @@ import logging
 import os
 import signal
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
@@ -90,8 +91,10 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 class TrainingClock(Callback):
     """Seconds spent in training steps (validation excluded), kept across resumes; logs tokens/s."""
 
-    def __init__(self, log_every_n_steps: int) -> None:
+    def __init__(self, log_every_n_steps: int, flops_per_token: float = 0.0) -> None:
         self.log_every_n_steps = log_every_n_steps
+        self.flops_per_token = flops_per_token
+        self.peak_flops: float | None = None
         self.prior_seconds = 0.0
         self._running_since: float | None = None
         self._session_seconds = 0.0
@@ -111,18 +114,30 @@ class TrainingClock(Callback):
         if self._running_since is None:
             self._running_since = time.perf_counter()
         if self._last_log is None:
-            self._last_log = (self.seconds, int(pl_module.train_tokens))
+            self._last_log = (self.seconds, int(pl_module.train_tokens), int(pl_module.train_samples))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step % self.log_every_n_steps or self._last_log is None:
             return
-        now, tokens = self.seconds, int(pl_module.train_tokens)
-        then, tokens_then = self._last_log
+        now, tokens, samples = self.seconds, int(pl_module.train_tokens), int(pl_module.train_samples)
+        then, tokens_then, samples_then = self._last_log
         if now > then:
-            rate = (tokens - tokens_then) / (now - then) * trainer.world_size  # ranks run in lockstep
-            pl_module.log("throughput/tokens_per_sec", rate, prog_bar=True)
-        self._last_log = (now, tokens)
+            per_device = (tokens - tokens_then) / (now - then)
+            # Non-pad tokens, all ranks (they run in lockstep, so rank 0's rate times the world size).
+            pl_module.log("throughput/tokens_per_sec", per_device * trainer.world_size, prog_bar=True)
+            pl_module.log("throughput/samples_per_sec", (samples - samples_then) / (now - then) * trainer.world_size)
+            if self.peak_flops:
+                pl_module.log("throughput/mfu", per_device * self.flops_per_token / self.peak_flops)
+        self._last_log = (now, tokens, samples)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.strategy.root_device.type == "cuda":  # the GPU's peak FLOP/s, as Lightning tabulates them
+            from lightning_fabric.utilities.throughput import get_available_flops
+
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else (
+                torch.float16 if "16" in str(trainer.precision) else torch.float32)
+            self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -141,10 +156,10 @@ class TrainingClock(Callback):
 def build_trainer(
     job_dir: str, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
     accelerator: str = "auto", devices: str | int = "auto", precision: str = "auto", strategy: str = "auto",
-    num_nodes: int = 1, max_time: str | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
-    progress: bool = True, purge_step: int | None = None,
+    num_nodes: int = 1, max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
+    progress: bool = True, purge_step: int | None = None, flops_per_token: float = 0.0,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
-    clock = TrainingClock(log_every_n_steps)
+    clock = TrainingClock(log_every_n_steps, flops_per_token)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
