@@ -1,0 +1,180 @@
+"""Benchmark step 3 against the Hugging Face Trainer recipe (run_mlm.py) for the same wall-clock budget.
+
+    python bench/train_vs_hf_trainer.py                       # generated corpus, 150 s each
+    python bench/train_vs_hf_trainer.py --corpus-dir data/corpus --tokenizer data/tokenizer --seconds 600
+
+Same corpus, tokenizer, model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), batch size
+(32 sequences), learning rate and schedule (linear warmup, then linear decay over a horizon far beyond
+the budget), each run in a fresh process for the same number of seconds of training:
+  (a)  this project with its defaults (packing, sparse logits)
+  (b1) transformers.Trainer + DataCollatorForLanguageModeling, line by line with dynamic padding
+       (run_mlm.py --line_by_line, and the 2021 demo)
+  (b2) the same Trainer with run_mlm.py's default grouping into 128-token blocks
+Then every saved model is scored by one shared function on the same validation lines, one sentence per
+sequence, with the same masked positions (fixed seed). Prints non-pad tokens/s, loss and the ratios.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARMUP_STEPS = 30
+HORIZON = 1_000_000  # schedule length: the budget ends long before, so the rate stays near the peak
+
+
+def read_lines(directory: str) -> list[str]:
+    lines = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".txt"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                lines.extend(line.rstrip("\n") for line in f if line.strip())
+    return lines
+
+
+def run_hf_trainer(kind: str, corpus: str, tokenizer_dir: str, out: str, seconds: float, batch_size: int,
+                   lr: float, seed: int) -> dict:
+    """(b1) or (b2): the Trainer recipe, stopped after `seconds` of training; returns its throughput."""
+    import datasets
+    import torch
+    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, RobertaForMaskedLM, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    from training.model import build_config
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lines = read_lines(os.path.join(corpus, "train"))
+    encoded = tokenizer(lines, truncation=True, max_length=128)["input_ids"]
+    if kind == "b2":  # run_mlm.py's group_texts: concatenate everything, cut into 128-token blocks
+        stream = [t for ids in encoded for t in ids]
+        encoded = [stream[i : i + 128] for i in range(0, len(stream) - 127, 128)]
+    train_set = datasets.Dataset.from_dict({"input_ids": encoded})
+    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    counted = {"tokens": 0}
+
+    def collate(examples):
+        batch = masker(examples)
+        counted["tokens"] += int((batch["input_ids"] != tokenizer.pad_token_id).sum()) if "attention_mask" not in batch \
+            else int(batch["attention_mask"].sum())
+        return batch
+
+    class StopAfter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, counted["tokens"] = time.perf_counter(), 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - self.started >= seconds:
+                control.should_training_stop = True
+                self.elapsed = time.perf_counter() - self.started
+                self.steps = state.global_step
+
+    torch.manual_seed(seed)
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", pad_token_id=tokenizer.pad_token_id,
+                                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    stop = StopAfter()
+    arguments = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch_size, learning_rate=lr, max_steps=HORIZON,
+        warmup_steps=WARMUP_STEPS, lr_scheduler_type="linear", weight_decay=0.01, adam_beta2=0.98, adam_epsilon=1e-6,
+        max_grad_norm=1.0, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
+        dataloader_num_workers=0, use_cpu=True, seed=seed, disable_tqdm=True,
+    )
+    Trainer(model=model, args=arguments, train_dataset=train_set, data_collator=collate, callbacks=[stop]).train()
+    model.save_pretrained(os.path.join(out, "model"))
+    tokenizer.save_pretrained(os.path.join(out, "model"))
+    return {"steps": stop.steps, "seconds": stop.elapsed, "tokens_per_second": counted["tokens"] / stop.elapsed}
+
+
+def validation_loss(model_dir: str, tokenizer_dir: str, corpus: str, seed: int = 1234) -> float:
+    """The shared score: mean masked-token cross-entropy over the validation lines, one sentence per
+    sequence (128 tokens at most), masks drawn once with a fixed seed, full logits."""
+    import torch
+    from transformers import AutoTokenizer, RobertaForMaskedLM
+
+    from training.data import FixedMaskedSet, MaskedLMCollator, pad_masked
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(read_lines(os.path.join(corpus, "validation")), truncation=True, max_length=128)["input_ids"]
+    items = FixedMaskedSet([torch.tensor(x) for x in ids], MaskedLMCollator(tokenizer, 0.15, seed=seed))
+    model = RobertaForMaskedLM.from_pretrained(model_dir).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), 64):
+            batch = pad_masked([items[j] for j in range(i, min(i + 64, len(items)))], tokenizer.pad_token_id)
+            n = int((batch["labels"] != -100).sum())
+            total += float(model(**batch).loss) * n
+            count += n
+    return total / count
+
+
+def prepare_data(workdir: str, rows: int) -> tuple[str, str]:
+    from corpus_throughput import generate  # the sibling benchmark's generator
+
+    reviews = os.path.join(workdir, f"reviews_{rows}.tsv.gz")
+    if not os.path.exists(reviews):
+        generate(reviews, rows, seed=3)
+    corpus, tokenizer = os.path.join(workdir, "corpus"), os.path.join(workdir, "tokenizer")
+    if not os.path.exists(os.path.join(corpus, "manifest.json")):
+        subprocess.run([sys.executable, "corpus/run_corpus_generation.py", "--data-files", reviews,
+                        "--text-column", "product_title,review_headline", "--output-dir", corpus, "--no-progress"],
+                       cwd=REPO, check=True)
+    if not os.path.exists(os.path.join(tokenizer, "tokenizer.json")):
+        subprocess.run([sys.executable, "tokenizer/run_tokenizer_fitting.py", "--corpus-dir", f"{corpus}/train",
+                        "--output-dir", tokenizer, "--no-progress"], cwd=REPO, check=True)
+    return corpus, tokenizer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus-dir", help="step 1 output (default: generated from --rows reviews)")
+    p.add_argument("--tokenizer", help="step 2 output (default: fitted on the corpus)")
+    p.add_argument("--rows", type=int, default=300_000, help="reviews to generate (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=150, help="training budget of each run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workdir", default="/tmp/bench_train", help="scratch directory (default: %(default)s)")
+    p.add_argument("--hf", choices=["b1", "b2"], help=argparse.SUPPRESS)  # internal: one Trainer run
+    args = p.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    if args.hf:
+        result = run_hf_trainer(args.hf, args.corpus_dir, args.tokenizer, os.path.join(args.workdir, args.hf),
+                                args.seconds, args.batch_size, args.lr, args.seed)
+        print(json.dumps(result))
+        return
+    corpus, tokenizer = (args.corpus_dir, args.tokenizer) if args.corpus_dir else prepare_data(args.workdir, args.rows)
+    results = {}
+    job = os.path.join(args.workdir, "a")
+    subprocess.run(["rm", "-rf", job])
+    subprocess.run([sys.executable, "training/run_training.py", "--job-dir", job, "--path-to-train-set",
+                    f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation", "--path-to-tokenizer", tokenizer,
+                    "--model-size", "tiny", "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                    "--max-steps", str(HORIZON), "--warmup-ratio", str(WARMUP_STEPS / HORIZON),
+                    "--max-time", str(args.seconds), "--validate-every-n-steps", str(HORIZON),
+                    "--checkpoint-every-n-steps", str(HORIZON), "--seed", str(args.seed), "--accelerator", "cpu",
+                    "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    metrics = json.load(open(os.path.join(job, "final_metrics.json")))
+    results["a  (this project)"] = {"steps": metrics["global_step"], "seconds": metrics["train_seconds"],
+                                   "tokens_per_second": metrics["train_tokens_per_second"],
+                                   "model": os.path.join(job, "model")}
+    for kind, name in (("b1", "b1 (Trainer, line by line)"), ("b2", "b2 (Trainer, 128-token groups)")):
+        out = subprocess.run([sys.executable, __file__, "--hf", kind, "--corpus-dir", corpus, "--tokenizer", tokenizer,
+                              "--seconds", str(args.seconds), "--batch-size", str(args.batch_size), "--lr",
+                              str(args.lr), "--seed", str(args.seed), "--workdir", args.workdir],
+                             cwd=REPO, check=True, capture_output=True, text=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[name]["model"] = os.path.join(args.workdir, kind, "model")
+    for r in results.values():
+        r["val_loss"] = validation_loss(r["model"], tokenizer, corpus)
+    print(f"\n{'run':<34}{'steps':>7}{'seconds':>9}{'tokens/s':>11}{'val loss':>10}")
+    for name, r in results.items():
+        print(f"{name:<34}{r['steps']:>7}{r['seconds']:>9.1f}{r['tokens_per_second']:>11,.0f}{r['val_loss']:>10.3f}")
+    a, b1, b2 = results.values()
+    print(f"\ntokens/s: {a['tokens_per_second'] / b1['tokens_per_second']:.1f}x (b1), "
+          f"{a['tokens_per_second'] / b2['tokens_per_second']:.1f}x (b2); "
+          f"val loss: a {a['val_loss']:.3f} vs b1 {b1['val_loss']:.3f}, b2 {b2['val_loss']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
