@@ -71,7 +71,7 @@ def normalise_tsv_file(path: str, columns: list[str] | None, lowercase: bool,
     return rows, out, stats.dropped, repeats.repeats
 
 
-def _limit_rows(batches: Iterable[list[str]], stats: SourceStats, max_rows: int) -> Iterator[list[str]]:
+def _limit_rows(batches: Iterable[list[str]], max_rows: int) -> Iterator[list[str]]:
     taken = 0
     for batch in batches:
         if max_rows and taken + len(batch) >= max_rows:
@@ -81,13 +81,13 @@ def _limit_rows(batches: Iterable[list[str]], stats: SourceStats, max_rows: int)
         yield batch
 
 
-def _merge_file_stats(results: Iterable[tuple], stats: SourceStats) -> Iterator[tuple]:
-    """Fold each worker's drop counts and repeats into the run's statistics as its file completes."""
+def _merge_file_stats(results: Iterable[tuple], stats: SourceStats) -> Iterator[tuple[int, list[str]]]:
+    """(rows, texts) per file, folding each worker's drop counts and repeats into the run's statistics."""
     for rows, texts, dropped, repeats in results:
         for reason, n in dropped.items():
             stats.drop(reason, n)
         stats.repeats_in_workers += repeats
-        yield rows, texts, dropped, repeats
+        yield rows, texts
 
 
 def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     batches = read_text_batches(
         cfg.data_files, cfg.dataset, cfg.dataset_config, cfg.text_columns, stats, cfg.cache_dir, cfg.streaming
     )
-    batches = _limit_rows(batches, stats, cfg.max_rows)
+    batches = _limit_rows(batches, cfg.max_rows)
     first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
     batches = itertools.chain([first] if first is not None else [], batches)
     files = expand_data_files(cfg.data_files) if cfg.data_files else []
@@ -115,15 +115,14 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         writers = {s: ShardWriter(os.path.join(staging, s), cfg.lines_per_shard) for s in ("train", "validation")}
         dedup, repeats = Deduplicator(), RepeatFilter()
         dropped: Counter[str] = Counter()
-        rows_seen, file_repeats = 0, 0
+        rows_seen = 0
         bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
         pool = Pool(cfg.num_proc) if cfg.num_proc > 1 else None
         try:
             if per_file:
                 work = partial(normalise_tsv_file, columns=cfg.text_columns, lowercase=cfg.lowercase,
                                strip_punctuation=cfg.strip_punctuation)
-                normalised: Iterator[tuple[int, list[str]]] = (
-                    (rows, texts) for rows, texts, _, _ in _merge_file_stats(pool.imap(work, files), stats))
+                normalised: Iterator[tuple[int, list[str]]] = _merge_file_stats(pool.imap(work, files), stats)
             else:
                 work = partial(normalise_batch, lowercase=cfg.lowercase, strip_punctuation=cfg.strip_punctuation)
                 fresh = ((len(batch), repeats.fresh(batch)) for batch in batches)

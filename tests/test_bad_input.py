@@ -1,7 +1,6 @@
 """Every bad input of the three scripts: exit code 2 (usage) or 1 (runtime), one line on stderr that
 names the problem and the fix, no traceback, and nothing the user already had is changed."""
 import errno
-import gzip
 import json
 import os
 

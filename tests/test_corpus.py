@@ -2,7 +2,6 @@ import gzip
 import json
 import os
 
-import pytest
 
 from conftest import run_script
 from corpus.pipeline import CorpusConfig, generate_corpus

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer
 from transformers import RobertaForMaskedLM
 
 from training.data import FixedMaskedSet, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked

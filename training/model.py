@@ -104,7 +104,10 @@ class MaskedLMModule(pl.LightningModule):
         self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           self.encoder)
-        if not torch.isfinite(loss):
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:  # every rank must skip together, or DDP waits forever for gradients
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             return self._skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         self.train_tokens += batch["attention_mask"].sum()
