@@ -37,15 +37,19 @@ class RepeatFilter:
     """Passes each raw text once: review dumps repeat a product's title for every review, so most rows
     can be dropped as duplicates before any work is spent normalising them.
 
-    Keys are Python's 64-bit string hashes, kept only for this run; empty texts always pass, so
-    that they are counted as empty rather than as duplicates.
+    Only a speed-up, so its memory is capped: past `capacity` keys it starts afresh, and a repeat it
+    no longer remembers is still caught, after normalisation, by the Deduplicator. Keys are Python's
+    64-bit string hashes; empty texts always pass, so that they are counted as empty, not as duplicates.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1 << 18) -> None:
         self.seen: set[int] = set()
+        self.capacity = capacity
         self.repeats = 0
 
     def fresh(self, texts: list[str]) -> list[str]:
+        if len(self.seen) > self.capacity:
+            self.seen.clear()
         out = []
         for text in texts:
             if text:

@@ -153,3 +153,12 @@ def test_several_tsv_files_in_parallel_match_one_process(tmp_path):
         runs.append((read_split(out, "train"), read_split(out, "validation"), manifest["rows_read"],
                      manifest["duplicates_removed"], manifest["dropped"]))
     assert runs[0] == runs[1]
+
+
+def test_repeat_filter_forgets_but_the_deduplicator_does_not(tmp_path):
+    from corpus.splitting import RepeatFilter
+
+    small = RepeatFilter(capacity=3)
+    assert small.fresh(["a", "b", "a", "", ""]) == ["a", "b", "", ""] and small.repeats == 1
+    small.fresh(["c", "d"])  # over capacity: forgets on the next batch
+    assert small.fresh(["a"]) == ["a"]
