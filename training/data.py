@@ -30,7 +30,8 @@ def text_files(path: str, flag: str) -> list[str]:
     return files
 
 
-def _file_digest(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -41,9 +42,9 @@ def _file_digest(path: str) -> str:
 def cache_key(files: list[str], tokenizer_file: str) -> str:
     """Content hash of the split and the tokenizer: any change to either means a new cache entry."""
     h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
-    h.update(_file_digest(tokenizer_file).encode())
+    h.update(file_sha256(tokenizer_file).encode())
     for f in files:
-        h.update(_file_digest(f).encode())
+        h.update(file_sha256(f).encode())
     return h.hexdigest()[:24]
 
 

@@ -1,5 +1,4 @@
 """Step 3 end to end: check inputs, train (or resume), validate, export, write final metrics."""
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from corpus.errors import Interrupted, UsageError
-from training.data import MaskedLMDataModule
+from training.data import MaskedLMDataModule, file_sha256
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, flops_per_token, perplexity
@@ -145,11 +144,6 @@ def load_pretrained(model_dir: str, tokenizer: PreTrainedTokenizerBase):
     return model
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
     """Create the job directory; return the checkpoint to resume from, if any."""
     try:
@@ -224,7 +218,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         c = pretrained.config
         identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
                         num_heads=c.num_attention_heads)
-    identity.update(vocab_size=len(tokenizer), tokenizer_sha256=_sha256(tokenizer_file))
+    identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
