@@ -147,23 +147,55 @@ class Sentences(Dataset):
         return torch.from_numpy(np.concatenate(([self.bos_id], body, [self.eos_id])))
 
 
+def sentence_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_id: int,
+                      padding_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ids and RoBERTa position ids of packed blocks: a new sentence starts after each </s>.
+
+    Positions restart with every sentence, as if it stood alone: the block's first sentence has <s> at
+    position 0, later ones start at 1 (the slot after <s>). Padding gets segment -1 and the padding
+    position. Computed before masking, which may put a random </s> in place of a word.
+    """
+    batch, length = input_ids.shape
+    index = torch.arange(length).expand(batch, length)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == eos_id
+    segment_ids = starts.long().cumsum(1)
+    start_index = torch.where(starts, index, 0).cummax(1).values
+    positions = index - start_index + (segment_ids > 0).long()
+    real = attention_mask.bool()
+    return segment_ids.masked_fill(~real, -1), (positions + padding_idx + 1).masked_fill(~real, padding_idx)
+
+
 class MaskedLMCollator:
     """Pads a list of sequences and masks them with `transformers`' DataCollatorForLanguageModeling.
 
     RoBERTa's rule: `mlm_probability` of the non-special tokens are chosen; of those 80% become
     <mask>, 10% a random token, 10% stay; labels are -100 everywhere else. Adds the attention mask,
-    which the library collator leaves out for plain sequences.
+    which the library collator leaves out for plain sequences, and with `packed` the sentence segments
+    and positions of packed blocks (see `sentence_segments`).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int | None = None,
+                 packed: bool = False) -> None:
         self.masker = DataCollatorForLanguageModeling(
             tokenizer, mlm_probability=mlm_probability, pad_to_multiple_of=8, seed=seed
         )
+        self.packed, self.eos_id, self.pad_id = packed, tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def __call__(self, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = self.masker(sequences)
         lengths = torch.tensor([len(s) for s in sequences])
-        batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+        segments = None
+        if self.packed:
+            original = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=self.pad_id)
+            real = torch.arange(original.shape[1])[None, :] < lengths[:, None]
+            segments = sentence_segments(original, real, self.eos_id, self.pad_id)
+        batch = self.masker(sequences)
+        width = batch["input_ids"].shape[1]
+        batch["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        if segments is not None:  # padded to the same multiple of 8 as the masked batch
+            pad = width - segments[0].shape[1]
+            batch["segment_ids"] = torch.nn.functional.pad(segments[0], (0, pad), value=-1)
+            batch["position_ids"] = torch.nn.functional.pad(segments[1], (0, pad), value=self.pad_id)
         return batch
 
 
@@ -279,7 +311,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         )
         val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, seed=self.seed)
         self.val_set = FixedMaskedSet(Sentences(val, self.max_seq_length, bos, eos), val_collator)
-        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
+        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, packed=self.packing)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

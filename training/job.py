@@ -39,6 +39,8 @@ class TrainingConfig:
     hidden_size: int | None = None
     num_layers: int | None = None
     num_heads: int | None = None
+    dropout: float = 0.0
+    attention: str = "auto"
     max_steps: int = 1000
     max_time: str | None = None
     batch_size: int = 32
@@ -79,6 +81,7 @@ def validate_config(cfg: TrainingConfig) -> None:
         (cfg.validate_every_n_steps >= 1 and cfg.checkpoint_every_n_steps >= 1,
          "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
         (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
          "--hidden-size, --num-layers and --num-heads must be at least 1"),
@@ -233,6 +236,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
         config_dict=pretrained.config.to_dict() if pretrained is not None else None, compile=cfg.compile,
+        dropout=cfg.dropout, attention=cfg.attention,
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
@@ -265,7 +269,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",
-                                                 "mlm_probability", "lr", "warmup_ratio", "weight_decay", "seed")}
+                                                 "mlm_probability", "lr", "warmup_ratio", "weight_decay", "dropout",
+                                                 "seed")}
+        training["attention"] = module.model.config._attn_implementation
         training["precision"] = trainer.precision
         trainer.logger.log_hyperparams(training | identity, {f"hparams/{k}": v for k, v in metrics.items()
                                                              if k.startswith("val_")})

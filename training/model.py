@@ -46,14 +46,28 @@ def flops_per_token(config: RobertaConfig, seq_len: int, mlm_probability: float)
     return 6.0 * (encoder + head)
 
 
+def sentence_attention_mask(segment_ids: torch.Tensor, implementation: str) -> torch.Tensor:
+    """A (batch, 1, length, length) mask letting each token attend only to its own sentence:
+    boolean for SDPA, additive (0 or a large negative number) for the eager implementation."""
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    if implementation == "sdpa":
+        return same
+    return torch.zeros(same.shape, dtype=torch.float32, device=same.device).masked_fill_(~same, torch.finfo(torch.float32).min)
+
+
 def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor, encoder=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   labels: torch.Tensor, encoder=None, segment_ids: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, correct predictions, masked tokens), computing logits only at masked positions.
 
     The output layer (hidden x vocabulary) is most of a small model's cost; only ~15% of the
     positions carry a label, so gathering them before the LM head skips most of that work.
+    With `segment_ids` (packed blocks), attention stays within each sentence.
     """
-    hidden = (encoder or model.roberta)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if segment_ids is not None:
+        attention_mask = sentence_attention_mask(segment_ids, model.config._attn_implementation)
+    hidden = (encoder or model.roberta)(input_ids=input_ids, attention_mask=attention_mask,
+                                        position_ids=position_ids).last_hidden_state
     masked = labels != -100
     targets = labels[masked]
     logits = model.lm_head(hidden[masked]).float()
@@ -69,14 +83,17 @@ class MaskedLMModule(pl.LightningModule):
         num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
         lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
         adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
-        config_dict: dict | None = None, compile: bool = False,
+        config_dict: dict | None = None, compile: bool = False, dropout: float | None = 0.0, attention: str = "auto",
     ) -> None:
         """A fresh RoBERTa of the given size, or, with `config_dict`, of that exact configuration
-        (continued pretraining: the caller then loads the pretrained weights)."""
+        (continued pretraining: the caller then loads the pretrained weights). `dropout` replaces the
+        config's hidden and attention dropout (None keeps them); `attention` is sdpa, eager or auto."""
         super().__init__()
         self.save_hyperparameters()
         self.config = RobertaConfig.from_dict(config_dict) if config_dict else build_config(
             vocab_size, model_size, hidden_size, num_layers, num_heads, pad_token_id, bos_token_id, eos_token_id)
+        if dropout is not None:
+            self.config.hidden_dropout_prob = self.config.attention_probs_dropout_prob = dropout
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))
@@ -89,6 +106,11 @@ class MaskedLMModule(pl.LightningModule):
         self.last_validated_step = -1
         self.total_train_tokens = 0  # over all ranks, set when training ends
         self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
+
+    def setup(self, stage: str) -> None:
+        # Lightning calls this before moving the model, so ask the strategy where it will run.
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        self.model.set_attn_implementation(attention_implementation(self.hparams.attention, device))
 
     def on_train_epoch_start(self) -> None:
         if self.trainer.current_epoch != self._resumed_epoch:
@@ -103,7 +125,7 @@ class MaskedLMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                          self.encoder)
+                                          self.encoder, batch.get("segment_ids"), batch.get("position_ids"))
         bad = not bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:  # every rank must skip together, or DDP waits forever for gradients
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
@@ -162,6 +184,14 @@ class MaskedLMModule(pl.LightningModule):
                                       fused=self.device.type == "cuda")
         scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * hp.max_steps), hp.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def attention_implementation(choice: str, device: torch.device) -> str:
+    """'auto': PyTorch SDPA on GPUs; on CPUs the eager implementation, which measured faster than
+    SDPA's CPU kernels for this model's short sequences (README, Benchmarks)."""
+    if choice != "auto":
+        return choice
+    return "eager" if device.type == "cpu" else "sdpa"
 
 
 def perplexity(loss: float) -> float:

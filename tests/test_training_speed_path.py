@@ -1,0 +1,141 @@
+"""The fast training path: packed blocks with per-sentence attention, the token cache, precision choice."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, RobertaForMaskedLM
+
+from conftest import TINY_MODEL
+from tokenizer.fitting import fit_tokenizer, save_tokenizer
+from training import trainer_setup
+from training.data import MaskedLMCollator, encode_split, sentence_segments
+from training.model import build_config, masked_lm_loss, sentence_attention_mask
+
+BOS, PAD, EOS = 0, 1, 2
+
+
+def test_positions_restart_and_segments_split_after_each_separator():
+    block = torch.tensor([[BOS, 10, 11, EOS, 20, 21, 22, EOS, 30], [BOS, 31, EOS, 40, EOS, PAD, PAD, PAD, PAD]])
+    real = block != PAD
+    segments, positions = sentence_segments(block, real, EOS, PAD)
+    assert segments.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 2], [0, 0, 0, 1, 1, -1, -1, -1, -1]]
+    # RoBERTa positions start at pad + 1; a later sentence starts where a word after <s> would.
+    assert positions.tolist() == [[2, 3, 4, 5, 3, 4, 5, 6, 3], [2, 3, 4, 3, 4, 1, 1, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    (root / "c.txt").write_text("\n".join(f"baby bottle {i} soft blanket pink blue" for i in range(300)) + "\n")
+    save_tokenizer(fit_tokenizer([str(root / "c.txt")], vocab_size=400, show_progress=False), str(root / "tok"))
+    return AutoTokenizer.from_pretrained(str(root / "tok"))
+
+
+def test_collator_takes_segments_from_the_unmasked_block(tokenizer):
+    rng = np.random.default_rng(0)
+    blocks = [torch.tensor([BOS, *[int(t) if t % 7 else EOS for t in rng.integers(5, 400, 63)]]) for _ in range(1024)]
+    batch = MaskedLMCollator(tokenizer, 0.5, seed=1, packed=True)(blocks)  # a high rate: some words become a random </s>
+    original = torch.stack(blocks)
+    segments, positions = sentence_segments(original, torch.ones_like(original, dtype=torch.bool), EOS, PAD)
+    assert torch.equal(batch["segment_ids"], segments) and torch.equal(batch["position_ids"], positions)
+    assert ((batch["input_ids"] == EOS) & (original != EOS)).any(), "the test needs a masked word turned into </s>"
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_a_packed_sentence_sees_only_itself(implementation):
+    torch.manual_seed(0)
+    config = build_config(300, "tiny", 64, 2, 2)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = RobertaForMaskedLM(config).eval()
+    model.set_attn_implementation(implementation)
+    first, second, third = [11, 12, 13, EOS], [21, 22, EOS], [31, 32, 33, 34, EOS]
+
+    def hidden(block):
+        ids = torch.tensor([block])
+        segments, positions = sentence_segments(ids, torch.ones_like(ids, dtype=torch.bool), EOS, PAD)
+        mask = sentence_attention_mask(segments, implementation)
+        with torch.no_grad():
+            return model.roberta(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[0]
+
+    packed = hidden([BOS, *first, *second, *third])
+    changed = hidden([BOS, *first, 25, 26, EOS, *third])  # another middle sentence of the same length
+    assert torch.allclose(packed[:5], changed[:5], atol=1e-5) and torch.allclose(packed[8:], changed[8:], atol=1e-5)
+    assert not torch.allclose(packed[5:8], changed[5:8], atol=1e-3)
+    with torch.no_grad():  # the first sentence is computed exactly as if it stood alone
+        alone = model.roberta(input_ids=torch.tensor([[BOS, *first]])).last_hidden_state[0]
+    assert torch.allclose(packed[:5], alone, atol=1e-5)
+
+
+def test_sparse_logits_loss_equals_full_loss_on_packed_blocks(tokenizer):
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2)).eval()
+    model.set_attn_implementation("eager")
+    rng = np.random.default_rng(4)
+    blocks = [torch.tensor([BOS, *[int(t) if t % 5 else EOS for t in rng.integers(5, len(tokenizer), 31)]]) for _ in range(8)]
+    batch = MaskedLMCollator(tokenizer, 0.15, seed=3, packed=True)(blocks)
+    mask = sentence_attention_mask(batch["segment_ids"], "eager")
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                     labels=batch["labels"]).loss
+        sparse, _, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                      segment_ids=batch["segment_ids"], position_ids=batch["position_ids"])
+    assert torch.allclose(sparse, full, atol=1e-5)
+
+
+def test_token_cache_is_reused_and_rebuilt_when_the_tokenizer_or_data_change(tmp_path, monkeypatch):
+    corpus = tmp_path / "train"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("".join(f"soft cotton blanket {i}\n" for i in range(200)))
+    tokenizers = []
+    for size in (265, 275):  # just above the 261 bytes and specials: two different tokenizers
+        save_tokenizer(fit_tokenizer([str(corpus / "a.txt")], vocab_size=size, show_progress=False), str(tmp_path / f"t{size}"))
+        tokenizers.append(str(tmp_path / f"t{size}" / "tokenizer.json"))
+    assert open(tokenizers[0]).read() != open(tokenizers[1]).read()
+    files, cache = [str(corpus / "a.txt")], str(tmp_path / "cache")
+    first = encode_split(files, tokenizers[0], cache, EOS)
+    assert first.tokens.dtype == np.uint16 and len(first) == 200 and first.tokens[first.offsets[1] - 1] == EOS
+
+    import tokenizers as hf_tokenizers
+
+    def no_encoding(path):
+        raise AssertionError("the cache should have been reused")
+
+    with monkeypatch.context() as m:
+        m.setattr(hf_tokenizers.Tokenizer, "from_file", no_encoding)
+        again = encode_split(files, tokenizers[0], cache, EOS)
+    assert again.directory == first.directory and np.array_equal(again.tokens, first.tokens)
+    other = encode_split(files, tokenizers[1], cache, EOS)  # another tokenizer: another entry
+    assert other.directory != first.directory
+    (corpus / "a.txt").write_text("".join(f"soft cotton blanket {i}\n" for i in range(150)))
+    changed = encode_split(files, tokenizers[0], cache, EOS)  # edited data: another entry
+    assert changed.directory not in (first.directory, other.directory) and len(changed) == 150
+    assert len(os.listdir(cache)) == 3  # no staging directories left behind
+
+
+def test_precision_auto_measures_bf16_and_falls_back_to_32_bit(monkeypatch):
+    assert trainer_setup.cpu_bf16_speedup(size=64, repeats=1) > 0
+    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: False)
+    assert trainer_setup.resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(trainer_setup, "cpu_bf16_speedup", lambda: 1.05)  # has the flag, but bf16 does not pay
+    assert trainer_setup.resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(trainer_setup, "cpu_bf16_speedup", lambda: 3.0)
+    assert trainer_setup.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert trainer_setup.resolve_precision("32-true", "cpu") == "32-true"
+
+
+def test_training_without_bf16_runs_in_32_bit(tmp_path, monkeypatch, pipeline_run):
+    from training.run_training import build_parser, config_from_args
+    from training.job import train
+
+    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: False)
+    corpus = pipeline_run["corpus"]
+    args = build_parser().parse_args([
+        "--job-dir", str(tmp_path / "job"), "--path-to-train-set", f"{corpus}/train", "--path-to-val-set",
+        f"{corpus}/validation", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL, "--max-steps", "6",
+        "--accelerator", "cpu", "--no-progress"])
+    metrics = train(config_from_args(args))
+    assert np.isfinite(metrics["val_loss"]) and metrics["global_step"] == 6
+    card = (tmp_path / "job" / "model" / "README.md").read_text()
+    assert "- precision: 32-true" in card and "- attention: eager" in card
