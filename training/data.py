@@ -282,7 +282,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
     def __init__(
         self, train_path: str, val_path: str, tokenizer: PreTrainedTokenizerBase, tokenizer_file: str,
         cache_dir: str, max_seq_length: int = 128, batch_size: int = 32, mlm_probability: float = 0.15,
-        packing: bool = True, num_workers: int = 0, seed: int = 42,
+        packing: bool = True, num_workers: int = 0, seed: int = 42, attend_across_sentences: bool = False,
     ) -> None:
         super().__init__()
         self.train_files = text_files(train_path, "--path-to-train-set")
@@ -292,6 +292,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_file, self.cache_dir = tokenizer, tokenizer_file, cache_dir
         self.max_seq_length, self.batch_size, self.mlm_probability = max_seq_length, batch_size, mlm_probability
         self.packing, self.num_workers, self.seed = packing, num_workers, seed
+        self.attend_across_sentences = attend_across_sentences
         self.resume_position = (0, 0)  # (epoch, batches already trained in it), restored from a checkpoint
 
     def prepare_data(self) -> None:
@@ -311,7 +312,8 @@ class MaskedLMDataModule(pl.LightningDataModule):
         )
         val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, seed=self.seed)
         self.val_set = FixedMaskedSet(Sentences(val, self.max_seq_length, bos, eos), val_collator)
-        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, packed=self.packing)
+        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability,
+                                               packed=self.packing and not self.attend_across_sentences)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

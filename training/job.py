@@ -47,6 +47,7 @@ class TrainingConfig:
     max_seq_length: int = 128
     mlm_probability: float = 0.15
     packing: bool = True
+    attend_across_sentences: bool = False
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -226,6 +227,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
         batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, packing=cfg.packing,
+        attend_across_sentences=cfg.attend_across_sentences,
         num_workers=cfg.num_workers if cfg.num_workers is not None else 0, seed=cfg.seed,
     )
     resume_from = prepare_job_dir(cfg, identity)
@@ -269,6 +271,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",
+                                                 "attend_across_sentences",
                                                  "mlm_probability", "lr", "warmup_ratio", "weight_decay", "dropout",
                                                  "seed")}
         training["attention"] = module.model.config._attn_implementation

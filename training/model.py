@@ -52,7 +52,10 @@ def sentence_attention_mask(segment_ids: torch.Tensor, implementation: str) -> t
     same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
     if implementation == "sdpa":
         return same
-    return torch.zeros(same.shape, dtype=torch.float32, device=same.device).masked_fill_(~same, torch.finfo(torch.float32).min)
+    # In the autocast dtype: a float32 mask would promote every attention score to float32 (15% of a CPU step).
+    device = same.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+    return torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill_(~same, torch.finfo(dtype).min)
 
 
 def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per sequence, <s> and </s> included, at most 512 (default: %(default)s)")
     t.add_argument("--no-packing", dest="packing", action="store_false",
                    help="one sentence per sequence (the 2021 demo) instead of packing sentences into full blocks")
+    t.add_argument("--attend-across-sentences", action="store_true",
+                   help="let sentences in a packed block attend to each other (RoBERTa's FULL-SENTENCES), for text "
+                        "files whose consecutive lines belong together; step 1's lines are independent, so by default "
+                        "each sentence attends only to itself")
     t.add_argument("--mlm-probability", type=float, default=0.15,
                    help="share of tokens masked; 0.3 as in MosaicBERT/ModernBERT also works (default: %(default)s)")
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: %(default)s)")
