@@ -67,20 +67,34 @@ def test_a_packed_sentence_sees_only_itself(implementation):
     assert torch.allclose(packed[:5], alone, atol=1e-5)
 
 
-def test_sparse_logits_loss_equals_full_loss_on_packed_blocks(tokenizer):
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_sparse_loss_and_gradients_equal_the_full_model_on_packed_blocks(tokenizer, implementation):
     torch.manual_seed(0)
-    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2)).eval()
-    model.set_attn_implementation("eager")
+    config = build_config(len(tokenizer), "tiny", 64, 3, 2)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = RobertaForMaskedLM(config)
+    model.set_attn_implementation(implementation)
     rng = np.random.default_rng(4)
     blocks = [torch.tensor([BOS, *[int(t) if t % 5 else EOS for t in rng.integers(5, len(tokenizer), 31)]]) for _ in range(8)]
     batch = MaskedLMCollator(tokenizer, 0.15, seed=3, packed=True)(blocks)
-    mask = sentence_attention_mask(batch["segment_ids"], "eager")
-    with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                     labels=batch["labels"]).loss
-        sparse, _, _ = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                      segment_ids=batch["segment_ids"], position_ids=batch["position_ids"])
-    assert torch.allclose(sparse, full, atol=1e-5)
+    mask = sentence_attention_mask(batch["segment_ids"], implementation)
+    params = list(model.parameters())
+    full = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                 labels=batch["labels"]).loss
+    full_grads = torch.autograd.grad(full, params)
+    sparse, correct, n = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                        segment_ids=batch["segment_ids"], position_ids=batch["position_ids"])
+    sparse_grads = torch.autograd.grad(sparse, params)
+    assert torch.allclose(sparse, full, atol=1e-5) and n == (batch["labels"] != -100).sum()
+    for (name, _), a, b in zip(model.named_parameters(), full_grads, sparse_grads):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_a_batch_without_masked_tokens_gives_zero_loss(tokenizer):
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2))
+    ids = torch.tensor([[BOS, 10, 11, EOS], [BOS, 12, EOS, PAD]])
+    loss, correct, n = masked_lm_loss(model, ids, (ids != PAD).long(), torch.full_like(ids, -100))
+    assert loss.item() == 0.0 and int(n) == 0 and int(correct) == 0
 
 
 def test_token_cache_is_reused_and_rebuilt_when_the_tokenizer_or_data_change(tmp_path, monkeypatch):

@@ -58,22 +58,56 @@ def sentence_attention_mask(segment_ids: torch.Tensor, implementation: str) -> t
     return torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill_(~same, torch.finfo(dtype).min)
 
 
-def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor, encoder=None, segment_ids: torch.Tensor | None = None,
-                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, correct predictions, masked tokens), computing logits only at masked positions.
+def last_layer_at(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+                  masked: torch.Tensor) -> torch.Tensor:
+    """The encoder's last layer evaluated only at the `masked` positions, in row-major order.
 
-    The output layer (hidden x vocabulary) is most of a small model's cost; only ~15% of the
-    positions carry a label, so gathering them before the LM head skips most of that work.
-    With `segment_ids` (packed blocks), attention stays within each sentence.
+    Keys and values still come from every position, but queries, the attention output and the
+    feed-forward block run only where a label is, which is all the loss needs: the result equals
+    the full layer's output there. Each row's masked positions are gathered first, padded to the
+    row with the most.
     """
-    if segment_ids is not None:
-        attention_mask = sentence_attention_mask(segment_ids, model.config._attn_implementation)
-    hidden = (encoder or model.roberta)(input_ids=input_ids, attention_mask=attention_mask,
-                                        position_ids=position_ids).last_hidden_state
+    attn = layer.attention.self
+    batch, length, width = hidden.shape
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    counts = masked.sum(1)
+    most = int(counts.max()) if batch else 0
+    order = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :most]  # masked positions, in order
+    picked = torch.gather(hidden, 1, order[:, :, None].expand(-1, -1, width))
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (batch, tokens, width) -> (batch, heads, tokens, size)
+        return x.view(batch, -1, heads, size).transpose(1, 2)
+
+    query, key, value = split(attn.query(picked)), split(attn.key(hidden)), split(attn.value(hidden))
+    scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling
+    rows = torch.gather(mask, 2, order[:, None, :, None].expand(-1, mask.shape[1], -1, length))
+    scores = scores.masked_fill(~rows, torch.finfo(scores.dtype).min) if rows.dtype == torch.bool else scores + rows
+    context = torch.matmul(attn.dropout(torch.softmax(scores, dim=-1)), value)
+    attended = layer.attention.output(context.transpose(1, 2).reshape(batch, most, width), picked)
+    out = layer.output(layer.intermediate(attended), attended)
+    return out[torch.arange(most, device=hidden.device)[None, :] < counts[:, None]]
+
+
+def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   labels: torch.Tensor, segment_ids: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, correct predictions, masked tokens), computing the model only as far as the loss needs.
+
+    Only ~15% of the positions carry a label, so the last layer runs its queries and feed-forward block
+    there alone (`last_layer_at`) and the output layer (hidden x vocabulary) sees only those rows; the
+    loss and gradients equal the full model's. With `segment_ids` (packed blocks), attention stays within
+    each sentence; without, padding (attention_mask 0) is the only thing hidden.
+    """
+    if segment_ids is None:  # one sentence per row: real tokens form segment 0, padding segment -1
+        segment_ids = attention_mask.long() - 1 if attention_mask is not None else torch.zeros_like(input_ids)
+    mask = sentence_attention_mask(segment_ids, model.config._attn_implementation)
+    hidden = model.roberta.embeddings(input_ids=input_ids, position_ids=position_ids)
+    *lower, last = model.roberta.encoder.layer
+    for layer in lower:
+        hidden = layer(hidden, mask)
     masked = labels != -100
     targets = labels[masked]
-    logits = model.lm_head(hidden[masked]).float()
+    logits = model.lm_head(last_layer_at(last, hidden, mask, masked)).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
     correct = (logits.argmax(dim=-1) == targets).sum()
     n = masked.sum()
@@ -100,8 +134,9 @@ class MaskedLMModule(pl.LightningModule):
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))
-        # torch.compile of the bound forward, not of the module: the state dict keeps its plain names.
-        self.encoder = torch.compile(self.model.roberta.forward) if compile else None
+        if compile:  # in place, so the state dict keeps its plain names; the sparse last layer stays eager
+            for layer in self.model.roberta.encoder.layer[:-1]:
+                layer.compile()
         self._val_sums: torch.Tensor | None = None
         self._resumed_epoch: int | None = None
         self.bad_steps_in_a_row = 0
@@ -128,7 +163,7 @@ class MaskedLMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                          self.encoder, batch.get("segment_ids"), batch.get("position_ids"))
+                                          batch.get("segment_ids"), batch.get("position_ids"))
         bad = not bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:  # every rank must skip together, or DDP waits forever for gradients
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
