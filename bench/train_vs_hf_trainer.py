@@ -175,7 +175,7 @@ def main() -> None:
         print(f"{name:<34}{r['steps']:>7}{r['seconds']:>9.1f}{r['tokens_per_second']:>11,.0f}{r['val_loss']:>10.3f}")
     a, b1, b2 = results.values()
     with open(os.path.join(job, "model", "README.md")) as f:  # the model card lists what (a) ran with
-        chosen = [line[2:] for line in f if line.startswith(("- precision:", "- attention:", "- dropout:"))]
+        chosen = [line[2:].strip() for line in f if line.startswith(("- precision:", "- attention:", "- dropout:"))]
     print(f"\n(a) ran with {', '.join(chosen)}")
     speed_b1, speed_b2 = a["tokens_per_second"] / b1["tokens_per_second"], a["tokens_per_second"] / b2["tokens_per_second"]
     print(f"tokens/s: {speed_b1:.2f}x (b1), {speed_b2:.2f}x (b2); "

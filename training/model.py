@@ -38,12 +38,14 @@ def build_config(vocab_size: int, model_size: str = "base", hidden_size: int | N
 
 
 def flops_per_token(config: RobertaConfig, seq_len: int, mlm_probability: float) -> float:
-    """Training FLOPs per token (6 x multiply-adds): encoder, attention over `seq_len`, and the LM head
-    at masked positions only, as this module computes it."""
+    """Training FLOPs per token (6 x multiply-adds) as this module computes them: every layer but the
+    last in full, with attention over `seq_len`; the last layer's keys and values in full and the rest of
+    it, like the LM head, at masked positions only."""
     h, layers, vocab, ff = config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
-    encoder = layers * (4 * h * h + 2 * h * ff + 2 * h * seq_len)
+    full_layer = 4 * h * h + 2 * h * ff + 2 * h * seq_len
+    last_layer = 2 * h * h + mlm_probability * (2 * h * h + 2 * h * ff + 2 * h * seq_len)
     head = mlm_probability * (h * h + h * vocab)
-    return 6.0 * (encoder + head)
+    return 6.0 * ((layers - 1) * full_layer + last_layer + head)
 
 
 def sentence_attention_mask(segment_ids: torch.Tensor, implementation: str) -> torch.Tensor:
