@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from corpus.sample_data import write_sample_reviews
+from tokenizer.fitting import fit_tokenizer, save_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model small enough to train for a few dozen steps in seconds on two CPU cores.
@@ -44,3 +45,14 @@ def pipeline_run(tmp_path_factory, sample_tsv) -> dict:
     )
     return {"corpus": corpus, "tokenizer": tok, "job": job, "train_stdout": train.stdout,
             "final_metrics": json.load(open(os.path.join(job, "final_metrics.json")))}
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A small ByteLevel BPE tokenizer with RoBERTa's special ids, for masking and loss tests."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    (root / "c.txt").write_text("\n".join(f"baby bottle {i} soft blanket pink blue" for i in range(500)) + "\n")
+    save_tokenizer(fit_tokenizer([str(root / "c.txt")], vocab_size=600, show_progress=False), str(root / "tok"))
+    return AutoTokenizer.from_pretrained(str(root / "tok"))

@@ -7,19 +7,8 @@ from transformers import RobertaForMaskedLM
 
 from training.data import FixedMaskedSet, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked
 from training.model import MaskedLMModule, build_config, masked_lm_loss, perplexity
-from tokenizer.fitting import fit_tokenizer, save_tokenizer
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("tok")
-    (root / "c.txt").write_text("\n".join(f"baby bottle {i} soft blanket pink blue" for i in range(500)) + "\n")
-    save_tokenizer(fit_tokenizer([str(root / "c.txt")], vocab_size=600, show_progress=False), str(root / "tok"))
-    return AutoTokenizer.from_pretrained(str(root / "tok"))
 
 
 def random_sequences(n, vocab, rng):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, RobertaForMaskedLM
+from transformers import RobertaForMaskedLM
 
 from conftest import TINY_MODEL
 from tokenizer.fitting import fit_tokenizer, save_tokenizer
@@ -22,14 +22,6 @@ def test_positions_restart_and_segments_split_after_each_separator():
     assert segments.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 2], [0, 0, 0, 1, 1, -1, -1, -1, -1]]
     # RoBERTa positions start at pad + 1; a later sentence starts where a word after <s> would.
     assert positions.tolist() == [[2, 3, 4, 5, 3, 4, 5, 6, 3], [2, 3, 4, 3, 4, 1, 1, 1, 1]]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tok")
-    (root / "c.txt").write_text("\n".join(f"baby bottle {i} soft blanket pink blue" for i in range(300)) + "\n")
-    save_tokenizer(fit_tokenizer([str(root / "c.txt")], vocab_size=400, show_progress=False), str(root / "tok"))
-    return AutoTokenizer.from_pretrained(str(root / "tok"))
 
 
 def test_collator_takes_segments_from_the_unmasked_block(tokenizer):
