@@ -183,19 +183,13 @@ class MaskedLMCollator:
         self.packed, self.eos_id, self.pad_id = packed, tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def __call__(self, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(s) for s in sequences])
-        segments = None
-        if self.packed:
-            original = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=self.pad_id)
-            real = torch.arange(original.shape[1])[None, :] < lengths[:, None]
-            segments = sentence_segments(original, real, self.eos_id, self.pad_id)
         batch = self.masker(sequences)
-        width = batch["input_ids"].shape[1]
-        batch["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        if segments is not None:  # padded to the same multiple of 8 as the masked batch
-            pad = width - segments[0].shape[1]
-            batch["segment_ids"] = torch.nn.functional.pad(segments[0], (0, pad), value=-1)
-            batch["position_ids"] = torch.nn.functional.pad(segments[1], (0, pad), value=self.pad_id)
+        lengths = torch.tensor([len(s) for s in sequences])
+        batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+        if self.packed:  # segments of the unmasked block: labels hold the original token wherever one was masked
+            original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+            batch["segment_ids"], batch["position_ids"] = sentence_segments(
+                original, batch["attention_mask"], self.eos_id, self.pad_id)
         return batch
 
 
