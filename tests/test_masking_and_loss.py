@@ -76,16 +76,28 @@ def test_packing_makes_full_blocks_with_separators(tmp_path):
     assert [t for b in got for t in b[1:]] == tokens.tolist()  # nothing lost, nothing repeated
 
 
-def test_sparse_logits_loss_equals_full_loss(tokenizer):
+def test_sparse_loss_and_gradients_equal_the_full_model_on_padded_batches(tokenizer):
     torch.manual_seed(0)
-    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2)).eval()
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 64, 2, 2))
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    model.eval()
     seqs = random_sequences(8, len(tokenizer), np.random.default_rng(3))
     batch = MaskedLMCollator(tokenizer, 0.15, seed=3)(seqs)
+    assert batch["masked_total"] == int((batch["labels"] != -100).sum())
+    assert batch["masked_most"] == int((batch["labels"] != -100).sum(1).max())
+    params = list(model.parameters())
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    full = model(**inputs).loss
+    full_grads = torch.autograd.grad(full, params)
+    # With the collator's counts (no read-back from the device) and without them (read back): same result.
+    for counts in ({"masked_most": batch["masked_most"], "masked_total": batch["masked_total"]}, {}):
+        sparse, correct, n = masked_lm_loss(model, **inputs, **counts)
+        sparse_grads = torch.autograd.grad(sparse, params)
+        assert torch.allclose(sparse, full, atol=1e-5)
+        for (name, _), a, b in zip(model.named_parameters(), full_grads, sparse_grads):
+            assert torch.allclose(a, b, atol=1e-6), name
     with torch.no_grad():
-        full = model(**batch).loss
-        sparse, correct, n = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    assert torch.allclose(sparse, full, atol=1e-5)
     mask = batch["labels"] != -100
     assert correct == (logits[mask].argmax(-1) == batch["labels"][mask]).sum() and n == mask.sum()
 

@@ -8,7 +8,7 @@ from transformers import RobertaForMaskedLM
 
 from conftest import TINY_MODEL
 from tokenizer.fitting import fit_tokenizer, save_tokenizer
-from training import trainer_setup
+from training import devices
 from training.data import MaskedLMCollator, encode_split, sentence_segments
 from training.model import build_config, masked_lm_loss, sentence_attention_mask
 
@@ -75,7 +75,8 @@ def test_sparse_loss_and_gradients_equal_the_full_model_on_packed_blocks(tokeniz
                  labels=batch["labels"]).loss
     full_grads = torch.autograd.grad(full, params)
     sparse, correct, n = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                        segment_ids=batch["segment_ids"], position_ids=batch["position_ids"])
+                                        segment_ids=batch["segment_ids"], position_ids=batch["position_ids"],
+                                        masked_most=batch["masked_most"], masked_total=batch["masked_total"])
     sparse_grads = torch.autograd.grad(sparse, params)
     assert torch.allclose(sparse, full, atol=1e-5) and n == (batch["labels"] != -100).sum()
     for (name, _), a, b in zip(model.named_parameters(), full_grads, sparse_grads):
@@ -120,22 +121,21 @@ def test_token_cache_is_reused_and_rebuilt_when_the_tokenizer_or_data_change(tmp
 
 
 def test_precision_auto_measures_bf16_and_falls_back_to_32_bit(monkeypatch):
-    assert trainer_setup.cpu_bf16_speedup(size=64, repeats=1) > 0
-    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: False)
-    assert trainer_setup.resolve_precision("auto", "cpu") == "32-true"
-    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(trainer_setup, "cpu_bf16_speedup", lambda: 1.05)  # has the flag, but bf16 does not pay
-    assert trainer_setup.resolve_precision("auto", "cpu") == "32-true"
-    monkeypatch.setattr(trainer_setup, "cpu_bf16_speedup", lambda: 3.0)
-    assert trainer_setup.resolve_precision("auto", "cpu") == "bf16-mixed"
-    assert trainer_setup.resolve_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert devices.plan_for_device("cpu").precision == "32-true"
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 1.05)  # has the flag, but bf16 does not pay
+    assert devices.plan_for_device("cpu").precision == "32-true"
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: 3.0)
+    assert devices.plan_for_device("cpu").precision == "bf16-mixed"
+    assert devices.plan_for_device("cpu", "32-true").precision == "32-true"
 
 
 def test_training_without_bf16_runs_in_32_bit(tmp_path, monkeypatch, pipeline_run):
     from training.run_training import build_parser, config_from_args
     from training.job import train
 
-    monkeypatch.setattr(trainer_setup, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     corpus = pipeline_run["corpus"]
     args = build_parser().parse_args([
         "--job-dir", str(tmp_path / "job"), "--path-to-train-set", f"{corpus}/train", "--path-to-val-set",

@@ -19,7 +19,8 @@ from corpus.errors import Interrupted, UsageError
 from training.data import MaskedLMDataModule, file_sha256
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
-from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, flops_per_token, perplexity
+from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
+from training.devices import apply_plan, check_strategy, device_type, plan_for_device
 from training.trainer_setup import build_trainer
 
 log = logging.getLogger("training")
@@ -64,6 +65,7 @@ class TrainingConfig:
     precision: str = "auto"
     num_workers: int | None = None
     compile: bool = False
+    peak_tflops: float | None = None
     cache_dir: str | None = None
     resume: bool | None = None  # None: resume when JOB/checkpoints/last.ckpt exists
     progress: bool = True
@@ -84,6 +86,8 @@ def validate_config(cfg: TrainingConfig) -> None:
         (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
+        (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
+        (cfg.peak_tflops is None or cfg.peak_tflops > 0, f"--peak-tflops must be positive, got {cfg.peak_tflops}"),
         (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
          "--hidden-size, --num-layers and --num-heads must be at least 1"),
     ]
@@ -95,6 +99,16 @@ def validate_config(cfg: TrainingConfig) -> None:
     heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
     if hidden % heads:
         raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+
+
+def local_processes(devices: str | int) -> int:
+    """Training processes on this machine for --devices (a count, a list such as "0,1", or auto)."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return max(torch.cuda.device_count(), 1)
+    if "," in text or text.startswith("["):
+        return len([d for d in text.strip("[]").split(",") if d.strip()])
+    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 def parse_max_time(value: str | None) -> timedelta | None:
@@ -223,12 +237,17 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
                         num_heads=c.num_attention_heads)
     identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
+    check_strategy(cfg.strategy)
+    plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
+                           processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
+    apply_plan(plan)
+    log.info("device plan: %s", plan)
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
         batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, packing=cfg.packing,
         attend_across_sentences=cfg.attend_across_sentences,
-        num_workers=cfg.num_workers if cfg.num_workers is not None else 0, seed=cfg.seed,
+        num_workers=plan.num_workers, pin_memory=plan.pin_memory, seed=cfg.seed,
     )
     resume_from = prepare_job_dir(cfg, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -238,15 +257,16 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
         config_dict=pretrained.config.to_dict() if pretrained is not None else None, compile=cfg.compile,
-        dropout=cfg.dropout, attention=cfg.attention,
+        dropout=cfg.dropout, attention=plan.attention, fused_adamw=plan.fused_adamw,
+        check_every_n_steps=plan.check_every_n_steps,
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
     trainer, clock, stopper = build_trainer(
-        cfg.job_dir, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
-        cfg.devices, cfg.precision, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
+        cfg.job_dir, plan, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
+        cfg.devices, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
-        flops_per_token=flops_per_token(module.config, cfg.max_seq_length, cfg.mlm_probability),
+        config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops,
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from transformers import RobertaConfig, RobertaForMaskedLM, get_linear_schedule_with_warmup
 
 from corpus.errors import PipelineError
+from training.devices import default_attention
 
 
 class NonFiniteLossError(PipelineError):
@@ -60,21 +61,16 @@ def sentence_attention_mask(segment_ids: torch.Tensor, implementation: str) -> t
     return torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill_(~same, torch.finfo(dtype).min)
 
 
-def last_layer_at(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
-                  masked: torch.Tensor) -> torch.Tensor:
-    """The encoder's last layer evaluated only at the `masked` positions, in row-major order.
+def last_layer_at(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The encoder's last layer evaluated only at the positions `order` picks in each row: (batch, picked, width).
 
     Keys and values still come from every position, but queries, the attention output and the
-    feed-forward block run only where a label is, which is all the loss needs: the result equals
-    the full layer's output there. Each row's masked positions are gathered first, padded to the
-    row with the most.
+    feed-forward block run only at the picked (masked) positions, which is all the loss needs: the
+    result equals the full layer's output there.
     """
     attn = layer.attention.self
     batch, length, width = hidden.shape
-    heads, size = attn.num_attention_heads, attn.attention_head_size
-    counts = masked.sum(1)
-    most = int(counts.max()) if batch else 0
-    order = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :most]  # masked positions, in order
+    heads, size, most = attn.num_attention_heads, attn.attention_head_size, order.shape[1]
     picked = torch.gather(hidden, 1, order[:, :, None].expand(-1, -1, width))
 
     def split(x: torch.Tensor) -> torch.Tensor:  # (batch, tokens, width) -> (batch, heads, tokens, size)
@@ -86,19 +82,21 @@ def last_layer_at(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tens
     scores = scores.masked_fill(~rows, torch.finfo(scores.dtype).min) if rows.dtype == torch.bool else scores + rows
     context = torch.matmul(attn.dropout(torch.softmax(scores, dim=-1)), value)
     attended = layer.attention.output(context.transpose(1, 2).reshape(batch, most, width), picked)
-    out = layer.output(layer.intermediate(attended), attended)
-    return out[torch.arange(most, device=hidden.device)[None, :] < counts[:, None]]
+    return layer.output(layer.intermediate(attended), attended)
 
 
 def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                    labels: torch.Tensor, segment_ids: torch.Tensor | None = None,
-                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   position_ids: torch.Tensor | None = None, masked_most: int | None = None,
+                   masked_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, correct predictions, masked tokens), computing the model only as far as the loss needs.
 
     Only ~15% of the positions carry a label, so the last layer runs its queries and feed-forward block
     there alone (`last_layer_at`) and the output layer (hidden x vocabulary) sees only those rows; the
     loss and gradients equal the full model's. With `segment_ids` (packed blocks), attention stays within
-    each sentence; without, padding (attention_mask 0) is the only thing hidden.
+    each sentence; without, padding (attention_mask 0) is the only thing hidden. `masked_most` (most
+    labels in a row) and `masked_total` (labels in the batch) come from the collator: given, nothing
+    here waits for the device; missing, they are read back from it.
     """
     if segment_ids is None:  # one sentence per row: real tokens form segment 0, padding segment -1
         segment_ids = attention_mask.long() - 1 if attention_mask is not None else torch.zeros_like(input_ids)
@@ -108,8 +106,16 @@ def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention
     for layer in lower:
         hidden = layer(hidden, mask)
     masked = labels != -100
-    targets = labels[masked]
-    logits = model.lm_head(last_layer_at(last, hidden, mask, masked)).float()
+    if masked_most is None or masked_total is None:
+        counts = masked.sum(1)
+        masked_most, masked_total = (int(counts.max()), int(counts.sum())) if len(counts) else (0, 0)
+    # Each row's masked positions first, in order (a sort, not boolean indexing: no read-back of the count).
+    order = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :masked_most]
+    out = last_layer_at(last, hidden, mask, order)
+    targets = torch.gather(labels, 1, order).flatten()  # -100 in the slots past a row's own masked count
+    keep = torch.argsort((targets == -100).to(torch.int8), stable=True)[:masked_total]
+    logits = model.lm_head(out.flatten(0, 1)[keep]).float()
+    targets = targets[keep]
     loss = F.cross_entropy(logits, targets, reduction="sum")
     correct = (logits.argmax(dim=-1) == targets).sum()
     n = masked.sum()
@@ -123,10 +129,14 @@ class MaskedLMModule(pl.LightningModule):
         lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
         adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
         config_dict: dict | None = None, compile: bool = False, dropout: float | None = 0.0, attention: str = "auto",
+        fused_adamw: bool = False, check_every_n_steps: int = 1,
     ) -> None:
         """A fresh RoBERTa of the given size, or, with `config_dict`, of that exact configuration
         (continued pretraining: the caller then loads the pretrained weights). `dropout` replaces the
-        config's hidden and attention dropout (None keeps them); `attention` is sdpa, eager or auto."""
+        config's hidden and attention dropout (None keeps them); `attention` is sdpa, eager or auto.
+        `fused_adamw` and `check_every_n_steps` come from the device plan (training/devices.py): the
+        fused optimizer skips non-finite steps on the device, and the host reads the count of such steps
+        back every `check_every_n_steps`."""
         super().__init__()
         self.save_hyperparameters()
         self.config = RobertaConfig.from_dict(config_dict) if config_dict else build_config(
@@ -136,12 +146,14 @@ class MaskedLMModule(pl.LightningModule):
         self.model = RobertaForMaskedLM(self.config)
         self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))
+        self.register_buffer("train_masked", torch.zeros((), dtype=torch.long))  # labelled tokens, for MFU
         if compile:  # in place, so the state dict keeps its plain names; the sparse last layer stays eager
             for layer in self.model.roberta.encoder.layer[:-1]:
                 layer.compile()
         self._val_sums: torch.Tensor | None = None
         self._resumed_epoch: int | None = None
-        self.bad_steps_in_a_row = 0
+        self._step_loss: torch.Tensor | None = None
+        self._bad: torch.Tensor | None = None  # on the device: steps skipped, current run, longest run
         self.skipped_steps = 0
         self.last_validated_step = -1
         self.total_train_tokens = 0  # over all ranks, set when training ends
@@ -150,7 +162,8 @@ class MaskedLMModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # Lightning calls this before moving the model, so ask the strategy where it will run.
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        self.model.set_attn_implementation(attention_implementation(self.hparams.attention, device))
+        self.model.set_attn_implementation(default_attention(device.type) if self.hparams.attention == "auto"
+                                           else self.hparams.attention)
 
     def on_train_epoch_start(self) -> None:
         if self.trainer.current_epoch != self._resumed_epoch:
@@ -165,31 +178,65 @@ class MaskedLMModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                          batch.get("segment_ids"), batch.get("position_ids"))
-        bad = not bool(torch.isfinite(loss))
-        if self.trainer.world_size > 1:  # every rank must skip together, or DDP waits forever for gradients
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            return self._skip_bad_step(loss)
-        self.bad_steps_in_a_row = 0
+                                          batch.get("segment_ids"), batch.get("position_ids"),
+                                          batch.get("masked_most"), batch.get("masked_total"))
+        self._step_loss = loss.detach()
         self.train_tokens += batch["attention_mask"].sum()
+        self.train_masked += n
         self.train_samples += batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mlm_accuracy", correct / n.clamp(min=1))
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
-    def _skip_bad_step(self, loss: torch.Tensor) -> None:
-        """Skip the update (returning None does that in Lightning); give up after too many in a row."""
-        self.bad_steps_in_a_row += 1
-        self.skipped_steps += 1
-        self.log("train/skipped_steps", float(self.skipped_steps))
-        if self.bad_steps_in_a_row >= self.hparams.max_bad_steps:
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradient norm and skip the update of a step whose loss or gradients are not finite.
+
+        Called by Lightning after the backward pass (and after a 16-mixed scaler has unscaled the
+        gradients). Lightning's own clipping refuses fused optimizers under mixed precision because a
+        fused step may unscale internally; bf16 has no scaler, so clipping here is exact. The skip is
+        decided on the device: the fused AdamW kernel reads `found_inf` and leaves weights and state
+        untouched; other optimizers get no gradients for the step (that needs the flag on the host,
+        free on a CPU; a 16-mixed scaler reads its own flag anyway).
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        if gradient_clip_val:
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        bad = ~torch.isfinite(self._step_loss)
+        if scaler is None:  # with a scaler, overflowing gradients are its business: it skips and lowers the scale
+            bad = bad | ~torch.isfinite(norm)
+        bad = bad.float()
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank skips together
+        if self._bad is None:
+            self._bad = torch.zeros(3, device=bad.device)
+        run = (self._bad[1] + 1) * bad
+        self._bad = torch.stack([self._bad[0] + bad, run, torch.maximum(self._bad[2], run)])
+        if self.hparams.fused_adamw:
+            optimizer.found_inf = bad  # read by the fused kernel: 1 skips the update and the step count
+        elif bool(bad):
+            for p in params:
+                p.grad = None  # AdamW leaves parameters without gradients (and their state) alone
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._bad is None or self.global_step % self.hparams.check_every_n_steps:
+            return
+        skipped, _, longest = (int(x) for x in self._bad.tolist())  # the only read-back, every few steps
+        if skipped != self.skipped_steps:
+            self.skipped_steps = skipped
+            self.log("train/skipped_steps", float(skipped))
+        if longest >= self.hparams.max_bad_steps:
             raise NonFiniteLossError(
-                f"the loss was {loss.item()} for {self.bad_steps_in_a_row} steps in a row at step {self.global_step}; "
-                "lower --lr or use --precision 32-true; the last good checkpoint is kept"
+                f"the loss or its gradients were NaN or infinite for {longest} steps in a row (by step "
+                f"{self.global_step}); lower --lr or use --precision 32-true; the last good checkpoint is kept"
             )
-        return None
 
     def on_train_end(self) -> None:
         self.total_train_tokens = int(self.trainer.strategy.reduce(self.train_tokens.double(), reduce_op="sum"))
@@ -198,7 +245,8 @@ class MaskedLMModule(pl.LightningModule):
         self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                          masked_most=batch.get("masked_most"), masked_total=batch.get("masked_total"))
         self._val_sums += torch.stack([loss.double() * n, correct.double(), n.double()])
 
     def on_validation_epoch_end(self) -> None:
@@ -221,17 +269,9 @@ class MaskedLMModule(pl.LightningModule):
             (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.adam_betas, eps=hp.adam_eps,
-                                      fused=self.device.type == "cuda")
+                                      fused=hp.fused_adamw or None)
         scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * hp.max_steps), hp.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def attention_implementation(choice: str, device: torch.device) -> str:
-    """'auto': PyTorch SDPA on GPUs; on CPUs the eager implementation, which measured faster than
-    SDPA's CPU kernels for this model's short sequences (README, Benchmarks)."""
-    if choice != "auto":
-        return choice
-    return "eager" if device.type == "cpu" else "sdpa"
 
 
 def perplexity(loss: float) -> float:

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every-n-steps", type=int, default=500,
                    help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
     t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")
-    t.add_argument("--num-workers", type=int, help="dataloader worker processes (default: 0)")
+    t.add_argument("--num-workers", type=int,
+                   help="dataloader worker processes (default: 0 on CPUs, where workers take cores from training; "
+                        "on GPUs up to 4 per process, so batches are collated while the GPU computes)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder (pays off on long GPU runs; the first steps are slow)")
     r = p.add_mutually_exclusive_group()
@@ -82,10 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--accelerator", default="auto", help="cpu, gpu, auto... (default: %(default)s)")
     h.add_argument("--devices", default="auto", help="number of devices, a list, or auto (default: %(default)s)")
     h.add_argument("--num-nodes", type=int, default=1, help="machines taking part (default: %(default)s)")
-    h.add_argument("--strategy", default="auto", help="ddp, fsdp, deepspeed... (default: %(default)s)")
+    h.add_argument("--strategy", default="auto",
+                   help="auto (one device) or ddp (several devices or nodes); other Lightning strategies are "
+                        "passed on with a warning: they are untested here (default: %(default)s)")
     h.add_argument("--precision", default="auto",
-                   help="auto = bf16-mixed where the hardware has fast bf16, else 32-true; or any Lightning "
-                        "precision (default: %(default)s)")
+                   help="auto = bf16-mixed on Ampere or newer GPUs, 16-mixed on older ones, bf16-mixed on CPUs "
+                        "where it measures faster, else 32-true; or any Lightning precision (default: %(default)s)")
+    h.add_argument("--peak-tflops", type=float,
+                   help="the device's peak dense TFLOP/s at the training precision, for the MFU curve (default: "
+                        "known for H100 and H200 and the GPUs Lightning lists)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     return p
 

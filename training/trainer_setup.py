@@ -1,4 +1,4 @@
-"""Lightning Trainer set-up: precision choice, TensorBoard, checkpoints and a training clock."""
+"""Lightning Trainer set-up: TensorBoard, checkpoints, graceful stops and a training clock."""
 import logging
 import os
 import signal
@@ -8,10 +8,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from transformers import RobertaConfig
+
+from training.devices import DevicePlan, peak_flops
+from training.model import flops_per_token
 
 log = logging.getLogger("training")
 
@@ -68,53 +72,14 @@ class GracefulStop(Callback):
             signal.signal(signal.SIGINT, self._previous_sigint)
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_bf16_speedup(size: int = 512, repeats: int = 5) -> float:
-    """How many times faster a bf16-autocast matrix product runs than a float32 one on this CPU
-    (best of `repeats`, a few milliseconds each): the flag alone does not say that bf16 pays."""
-    a, b = torch.randn(4 * size, size), torch.randn(size, 2 * size)
-
-    def best(bf16: bool) -> float:
-        times = []
-        for _ in range(repeats + 1):  # the first call warms up the kernel
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                a @ b
-            times.append(time.perf_counter() - start)
-        return min(times[1:])
-
-    return best(False) / best(True)
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """'auto' means bf16-mixed where the hardware has fast bf16, else full 32-bit."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    if not cpu_has_bf16():
-        return "32-true"
-    speedup = cpu_bf16_speedup()
-    log.info("bf16 on this CPU: %.1fx the float32 matrix speed", speedup)
-    return "bf16-mixed" if speedup >= 1.2 else "32-true"
-
-
 class TrainingClock(Callback):
-    """Seconds spent in training steps (validation excluded), kept across resumes; logs tokens/s."""
+    """Seconds spent in training steps (validation excluded), kept across resumes; logs tokens/s, and
+    on GPUs the model FLOPs utilisation (MFU) at the masking rate measured over the interval."""
 
-    def __init__(self, log_every_n_steps: int, flops_per_token: float = 0.0) -> None:
+    def __init__(self, log_every_n_steps: int, config: RobertaConfig | None = None, seq_len: int = 128,
+                 peak_tflops: float | None = None) -> None:
         self.log_every_n_steps = log_every_n_steps
-        self.flops_per_token = flops_per_token
+        self.config, self.seq_len, self.peak_tflops = config, seq_len, peak_tflops
         self.peak_flops: float | None = None
         self.prior_seconds = 0.0
         self._running_since: float | None = None
@@ -135,30 +100,33 @@ class TrainingClock(Callback):
         if self._running_since is None:
             self._running_since = time.perf_counter()
         if self._last_log is None:
-            self._last_log = (self.seconds, int(pl_module.train_tokens), int(pl_module.train_samples))
+            self._last_log = self._counters(pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step % self.log_every_n_steps or self._last_log is None:
             return
-        now, tokens, samples = self.seconds, int(pl_module.train_tokens), int(pl_module.train_samples)
-        then, tokens_then, samples_then = self._last_log
-        if now > then:
+        now, tokens, samples, masked = current = self._counters(pl_module)
+        then, tokens_then, samples_then, masked_then = self._last_log
+        if now > then and tokens > tokens_then:
             per_device = (tokens - tokens_then) / (now - then)
             # Non-pad tokens, all ranks (they run in lockstep, so rank 0's rate times the world size).
             pl_module.log("throughput/tokens_per_sec", per_device * trainer.world_size, prog_bar=True)
             pl_module.log("throughput/samples_per_sec", (samples - samples_then) / (now - then) * trainer.world_size)
-            if self.peak_flops:
-                pl_module.log("throughput/mfu", per_device * self.flops_per_token / self.peak_flops)
-        self._last_log = (now, tokens, samples)
+            if self.peak_flops and self.config is not None:
+                rate = (masked - masked_then) / (tokens - tokens_then)  # ~13.5% at 15%: special tokens never masked
+                pl_module.log("throughput/mfu", per_device * flops_per_token(self.config, self.seq_len, rate)
+                              / self.peak_flops)
+        self._last_log = current
+
+    def _counters(self, pl_module: pl.LightningModule) -> tuple[float, int, int, int]:
+        """(seconds, tokens, samples, masked tokens), read back from the device in one transfer."""
+        tokens, samples, masked = torch.stack(
+            [pl_module.train_tokens, pl_module.train_samples, pl_module.train_masked]).tolist()
+        return self.seconds, tokens, samples, masked
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.strategy.root_device.type == "cuda":  # the GPU's peak FLOP/s, as Lightning tabulates them
-            from lightning_fabric.utilities.throughput import get_available_flops
-
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else (
-                torch.float16 if "16" in str(trainer.precision) else torch.float32)
-            self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
+        self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -175,26 +143,32 @@ class TrainingClock(Callback):
 
 
 def build_trainer(
-    job_dir: str, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
-    accelerator: str = "auto", devices: str | int = "auto", precision: str = "auto", strategy: str = "auto",
-    num_nodes: int = 1, max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
-    progress: bool = True, purge_step: int | None = None, flops_per_token: float = 0.0,
+    job_dir: str, plan: DevicePlan, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
+    accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
+    max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
+    progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
+    peak_tflops: float | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
-    clock = TrainingClock(log_every_n_steps, flops_per_token)
+    """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
+    MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`."""
+    clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
         save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
     )
+    callbacks = [checkpoints, clock, stopper]
+    if progress:  # each refresh reads the loss back from the device: on a GPU, not every step
+        callbacks.append(TQDMProgressBar(refresh_rate=plan.check_every_n_steps))
     # On resume, purge_step tells TensorBoard to drop what the interrupted run logged after its checkpoint.
     logger = TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False,
                                purge_step=purge_step)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-        precision=resolve_precision(precision, accelerator), max_steps=max_steps, max_time=max_time,
+        precision=plan.precision, max_steps=max_steps, max_time=max_time,
         max_epochs=-1, val_check_interval=validate_every_n_steps, check_val_every_n_epoch=None,
         log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
-        callbacks=[checkpoints, clock, stopper], logger=logger, enable_progress_bar=progress,
+        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
         plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # our sampler shards by rank and resumes
     )
