@@ -13,6 +13,7 @@ Prints rows/s and peak RSS (largest process) of each, and the ratios. Not a test
 """
 import argparse
 import gzip
+import itertools
 import os
 import random
 import subprocess
@@ -22,11 +23,35 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def vocabulary(rng: random.Random, size: int = 30_000) -> list[str]:
+    """Pseudo-words of 1-4 syllables: review prose with a realistic spread of word lengths."""
+    syllables = [c + v for c in "bcdfghjklmnprstvwyz" for v in ("a", "e", "i", "o", "u", "ou", "ea", "ai")]
+    return ["".join(rng.choice(syllables) for _ in range(rng.choice((1, 1, 2, 2, 2, 3, 3, 4)))) for _ in range(size)]
+
+
+def review_text(rng: random.Random, words: list[str], weights: list[float], product: str, mean_words: float) -> str:
+    """Zipf-distributed words in sentences, log-normal length (a long tail of essays), some HTML breaks."""
+    n = max(1, min(2_000, int(rng.lognormvariate(0, 1.1) * mean_words)))
+    picked = rng.choices(words, cum_weights=weights, k=n)
+    picked[rng.randrange(n)] = product
+    out, start = [], 0
+    while start < n:
+        stop = start + rng.randint(5, 16)
+        sentence = " ".join(picked[start:stop])
+        out.append(sentence[:1].upper() + sentence[1:] + rng.choice((".", ".", ".", "!", "?")))
+        start = stop
+    return rng.choice((" ", " ", " ", "<br />", "<br /><br />")).join(out)
+
+
 def generate(path: str, rows: int, seed: int) -> None:
-    """An Amazon-format TSV of exactly `rows` reviews: the sample generator's products, long-tailed."""
-    from corpus.sample_data import HEADER, _body, _title
+    """An Amazon-format TSV of exactly `rows` reviews, sized like the real dump: titles from the sample
+    generator repeated over a long-tailed number of reviews per product, headlines and review bodies of
+    Zipf-distributed words with log-normal lengths (about 300 bytes a row, 2.5x gzip ratio)."""
+    from corpus.sample_data import HEADER, _title
 
     rng = random.Random(seed)
+    words = vocabulary(rng)
+    weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
     titles: list[tuple[str, str]] = []
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as f:
         f.write(("\t".join(HEADER) + "\n").encode())
@@ -35,11 +60,15 @@ def generate(path: str, rows: int, seed: int) -> None:
             title, category = rng.choice(titles) if titles and rng.random() < 0.05 else _title(rng)
             titles.append((title, category))
             pid, parent = f"B{rng.randrange(10**9):09d}", str(rng.randrange(10**9))
-            body = _body(rng, title)
+            product = title.split(",")[0].split(" - ")[0].strip().split(" ")[-1].lower()
             block = []
             for _ in range(min(rows - written, min(60, int(rng.paretovariate(1.3))))):
+                headline = review_text(rng, words, weights, product, 3)[:60]
+                body = review_text(rng, words, weights, product, 12)
                 block.append("\t".join(["US", str(rng.randrange(10**8)), f"R{rng.randrange(36**12):012X}", pid, parent,
-                                        title, category, "5", "0", "0", "N", "Y", "Great", body, "2015-08-31"]))
+                                        title, category, str(rng.randint(1, 5)), str(rng.randrange(20)),
+                                        str(rng.randrange(40)), "N", rng.choice("YN"), headline, body,
+                                        f"20{rng.randint(5, 15):02d}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"]))
             f.write(("\n".join(block) + "\n").encode("utf-8"))
             written += len(block)
 

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import re
-import sys
 
 import pytest
 import torch

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import RobertaForMaskedLM
 
-from training.data import FixedMaskedSet, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked
+from training.data import FixedMaskedSample, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked
 from training.model import MaskedLMModule, build_config, masked_lm_loss, perplexity
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
@@ -50,14 +50,36 @@ def test_higher_masking_rate(tokenizer):
     assert abs((batch["labels"] != -100).sum().item() / real - 0.3) < 0.015
 
 
-def test_validation_masks_are_fixed(tokenizer):
+def split_of(seqs) -> TokenizedSplit:
+    """A TokenizedSplit holding the bodies of <s> body </s> sequences."""
+    tokens = np.array([t for s in seqs for t in (*s[1:-1].tolist(), EOS)], dtype=np.uint16)
+    offsets = np.cumsum([0] + [len(s) - 1 for s in seqs])
+    return TokenizedSplit(tokens, offsets)
+
+
+def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
     seqs = random_sequences(300, len(tokenizer), np.random.default_rng(2))
-    a = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=5))
-    b = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=5))
-    c = FixedMaskedSet(seqs, MaskedLMCollator(tokenizer, 0.15, seed=6))
-    same = lambda u, v: all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(u.items, v.items))
+    split = split_of(seqs)
+    sample = lambda seed, n=100: FixedMaskedSample(split, 128, BOS, EOS, MaskedLMCollator(tokenizer, 0.15), seed, n)
+    a, b, c = sample(5), sample(5), sample(6)
+    items = lambda d: [d[i] for i in range(len(d))]
+    same = lambda u, v: all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(items(u), items(v)))
+    assert len(a) == 100 and list(a.indices) == list(b.indices) and list(a.indices) != list(c.indices)
     assert same(a, b) and not same(a, c)
-    batch = pad_masked([a[i] for i in range(10)], PAD)
+    # A sentence's masks depend on the seed and its index only: the same in a sample of all 300.
+    everything = sample(5, 0)
+    assert len(everything) == 300 and everything.indices is None
+    for j, i in enumerate(a.indices):
+        assert torch.equal(a[j][0], everything[int(i)][0]) and torch.equal(a[j][1], everything[int(i)][1])
+    # Each item follows the masking rule: only body tokens are labelled, with their original ids.
+    for i in range(300):
+        ids, labels = everything[i]
+        original = seqs[i]
+        assert torch.equal(labels[labels != -100], original[labels != -100])
+        assert labels[0] == -100 and labels[-1] == -100 and torch.equal(ids[labels == -100], original[labels == -100])
+    rate = sum(int((everything[i][1] != -100).sum()) for i in range(300)) / sum(len(s) - 2 for s in seqs)
+    assert abs(rate - 0.15) < 0.02
+    batch = pad_masked(items(a)[:10], PAD)
     assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] % 8 == 0
 
 
@@ -65,9 +87,7 @@ def test_packing_makes_full_blocks_with_separators(tmp_path):
     sentences = [[10, 11, 12], [20, 21], [30, 31, 32, 33], [40]]
     tokens = np.array([t for s in sentences for t in (*s, EOS)], dtype=np.uint16)
     offsets = np.cumsum([0] + [len(s) + 1 for s in sentences])
-    np.save(tmp_path / "tokens.npy", tokens)
-    np.save(tmp_path / "offsets.npy", offsets)
-    split = TokenizedSplit(str(tmp_path))
+    split = TokenizedSplit(tokens, offsets)
     assert split.sentence(2).tolist() == [30, 31, 32, 33]
     blocks = PackedBlocks(split, length=6, bos_id=BOS)
     got = [blocks[i].tolist() for i in range(len(blocks))]

@@ -145,3 +145,20 @@ def test_training_without_bf16_runs_in_32_bit(tmp_path, monkeypatch, pipeline_ru
     assert np.isfinite(metrics["val_loss"]) and metrics["global_step"] == 6
     card = (tmp_path / "job" / "model" / "README.md").read_text()
     assert "- precision: 32-true" in card and "- attention: eager" in card
+
+
+def test_token_cache_built_in_chunks_equals_one_built_at_once(tmp_path, tokenizer):
+    corpus = tmp_path / "train"
+    corpus.mkdir()
+    lines = [f"soft cotton blanket {i} pink" if i % 7 else f"baby bottle {i}" for i in range(500)]
+    (corpus / "a.txt").write_text("\n".join(lines[:300]) + "\n\n")  # a blank line is skipped
+    (corpus / "b.txt").write_text("\n".join(lines[300:]) + "\n")
+    files = [str(corpus / "a.txt"), str(corpus / "b.txt")]
+    tokenizer_file = os.path.join(tokenizer.name_or_path, "tokenizer.json")
+    small = encode_split(files, tokenizer_file, str(tmp_path / "c1"), EOS, chunk_bytes=100)  # ~4 lines a chunk
+    whole = encode_split(files, tokenizer_file, str(tmp_path / "c2"), EOS, chunk_bytes=1 << 30)
+    assert np.array_equal(small.tokens, whole.tokens) and np.array_equal(small.offsets, whole.offsets)
+    expected = [tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
+    assert len(small) == 500 and [small.sentence(i).tolist() for i in range(500)] == expected
+    assert small.tokens.size == sum(len(e) + 1 for e in expected) and small.tokens[-1] == EOS
+    assert small.lengths().tolist() == [len(e) + 1 for e in expected]

@@ -1,22 +1,28 @@
 """Tokenise the corpus once into cached arrays, and serve masked-LM batches with Lightning."""
 import glob
 import hashlib
+import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from corpus.errors import UsageError
 
-ENCODE_CHUNK_LINES = 50_000
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+ENCODE_CHUNK_BYTES = 1 << 22  # lines handed to the encoder at a time (~80k titles): bounded memory
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+log = logging.getLogger("training")
 
 
 def text_files(path: str, flag: str) -> list[str]:
@@ -40,11 +46,13 @@ def file_sha256(path: str) -> str:
 
 
 def cache_key(files: list[str], tokenizer_file: str) -> str:
-    """Content hash of the split and the tokenizer: any change to either means a new cache entry."""
+    """Key of a split's cache entry: the tokenizer's content and each file's path, size and modification
+    time. Stats, not a content hash, so that a warm start does not read a corpus of gigabytes."""
     h = hashlib.sha256(f"format={CACHE_FORMAT}".encode())
     h.update(file_sha256(tokenizer_file).encode())
     for f in files:
-        h.update(file_sha256(f).encode())
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()[:24]
 
 
@@ -52,68 +60,117 @@ class TokenizedSplit:
     """One split as a flat token stream, each sentence followed by </s>, and sentence start offsets.
 
     Sentence i is `tokens[offsets[i] : offsets[i + 1] - 1]`; the stream itself is what packing cuts.
+    Both arrays are memory-mapped from the cache: nothing is held per sentence.
     """
 
-    def __init__(self, directory: str) -> None:
-        self.tokens = np.load(os.path.join(directory, "tokens.npy"), mmap_mode="r")
-        self.offsets = np.load(os.path.join(directory, "offsets.npy"))
-        self.directory = directory
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, directory: str | None = None) -> None:
+        self.tokens, self.offsets, self.directory = tokens, offsets, directory
+
+    @classmethod
+    def load(cls, directory: str) -> "TokenizedSplit":
+        with open(os.path.join(directory, "source.json")) as f:
+            meta = json.load(f)
+
+        def mapped(name: str, dtype: str, count: int) -> np.ndarray:
+            return np.memmap(os.path.join(directory, name), dtype=dtype, mode="r") if count else np.zeros(0, dtype)
+
+        return cls(mapped("tokens.bin", meta["dtype"], meta["tokens"]),
+                   mapped("offsets.bin", "int64", meta["sentences"] + 1), directory)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return max(len(self.offsets) - 1, 0)
 
     def sentence(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1] - 1]
 
+    def lengths(self) -> np.ndarray:
+        """Tokens per sentence (its </s> included), as uint16, computed in slices of the offsets."""
+        out = np.empty(len(self), dtype=np.uint16)
+        for start in range(0, len(self), 1 << 22):
+            stop = min(start + (1 << 22), len(self))
+            out[start:stop] = np.minimum(np.diff(self.offsets[start : stop + 1]), np.iinfo(np.uint16).max)
+        return out
 
-def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: int) -> TokenizedSplit:
-    """Tokenise the files once (batch encoding, in parallel) into cache_dir/<key>, or reuse it."""
+
+def read_line_chunks(files: list[str], chunk_bytes: int):
+    """(non-empty lines, bytes read) in chunks of about `chunk_bytes`, file after file."""
+    for path in files:
+        with open(path, encoding="utf-8") as fh:
+            while True:
+                raw = fh.readlines(chunk_bytes)
+                if not raw:
+                    break
+                yield [line.rstrip("\n") for line in raw if line != "\n"], sum(len(line) for line in raw)
+
+
+def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: int, progress: bool = False,
+                 name: str = "split", chunk_bytes: int = ENCODE_CHUNK_BYTES) -> TokenizedSplit:
+    """Tokenise the files once into cache_dir/<key>, or reuse that entry.
+
+    Streams: each chunk of lines is encoded by the Rust tokenizer on all cores (while the previous
+    chunk's ids are written out) and appended to raw files, so memory stays flat whatever the corpus
+    size. Shows a progress bar (a log line at the start and end with `progress` off).
+    """
     from tokenizers import Tokenizer
 
     target = os.path.join(cache_dir, cache_key(files, tokenizer_file))
-    if os.path.isfile(os.path.join(target, "offsets.npy")):
-        return TokenizedSplit(target)
+    if os.path.isfile(os.path.join(target, "source.json")):
+        split = TokenizedSplit.load(target)
+        log.info("%s: token cache reused (%s sentences, %s tokens) from %s", name, f"{len(split):,}",
+                 f"{split.tokens.size:,}", target)
+        return split
     tokenizer = Tokenizer.from_file(tokenizer_file)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.uint32
+    total_bytes = sum(os.path.getsize(f) for f in files)
     os.makedirs(cache_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".encoding-", dir=cache_dir)
+    log.info("%s: tokenising %d file(s), %.1f MB, into %s", name, len(files), total_bytes / 1e6, target)
+    start, sentences, tokens = time.perf_counter(), 0, 0
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenising {name}", disable=not progress,
+               dynamic_ncols=True)
     try:
-        pieces, lengths = [], []
+        with open(os.path.join(staging, "tokens.bin"), "wb") as tok_out, \
+                open(os.path.join(staging, "offsets.bin"), "wb") as off_out, ThreadPoolExecutor(1) as pool:
+            off_out.write(np.zeros(1, dtype=np.int64).tobytes())
 
-        def flush(lines: list[str]) -> None:
-            for enc in tokenizer.encode_batch_fast(lines, add_special_tokens=False):
-                pieces.append(np.asarray(enc.ids + [eos_id], dtype=dtype))
-                lengths.append(len(enc.ids) + 1)
+            def write(encodings: list, nbytes: int) -> None:
+                nonlocal sentences, tokens
+                bar.update(nbytes)
+                if not encodings:
+                    return
+                ids = [e.ids for e in encodings]
+                ends = np.cumsum([len(x) for x in ids], dtype=np.int64)
+                flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(ends[-1]))
+                tok_out.write(np.insert(flat, ends, eos_id).astype(dtype, copy=False).tobytes())  # </s> after each
+                off_out.write((tokens + ends + np.arange(1, len(ids) + 1)).tobytes())
+                sentences, tokens = sentences + len(ids), tokens + int(ends[-1]) + len(ids)
+                bar.set_postfix(lines_per_s=f"{sentences / max(time.perf_counter() - start, 1e-9):,.0f}")
 
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                lines: list[str] = []
-                for line in fh:
-                    line = line.rstrip("\n")
-                    if line:
-                        lines.append(line)
-                    if len(lines) == ENCODE_CHUNK_LINES:
-                        flush(lines)
-                        lines = []
-                if lines:
-                    flush(lines)
-        tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        np.save(os.path.join(staging, "tokens.npy"), tokens)
-        np.save(os.path.join(staging, "offsets.npy"), offsets)
+            pending = None  # the chunk being encoded (the tokenizer releases the GIL) while the last one is written
+            for lines, nbytes in read_line_chunks(files, chunk_bytes):
+                job = pool.submit(tokenizer.encode_batch_fast, lines, add_special_tokens=False), nbytes
+                if pending is not None:
+                    write(pending[0].result(), pending[1])
+                pending = job
+            if pending is not None:
+                write(pending[0].result(), pending[1])
+        bar.close()
         with open(os.path.join(staging, "source.json"), "w") as fh:
             json.dump({"files": [os.path.abspath(f) for f in files], "tokenizer": os.path.abspath(tokenizer_file),
-                       "sentences": len(lengths), "tokens": int(tokens.size)}, fh, indent=2)
+                       "sentences": sentences, "tokens": tokens, "dtype": np.dtype(dtype).name}, fh, indent=2)
         try:
             os.replace(staging, target)
         except OSError:  # another process finished the same entry first: use theirs
-            if not os.path.isfile(os.path.join(target, "offsets.npy")):
+            if not os.path.isfile(os.path.join(target, "source.json")):
                 raise
     finally:
+        bar.close()
         shutil.rmtree(staging, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    log.info("%s: %s sentences, %s tokens in %.1f s (%s lines/s)", name, f"{sentences:,}", f"{tokens:,}", seconds,
+             f"{sentences / max(seconds, 1e-9):,.0f}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # encoding is done; forked workers must not warn
-    return TokenizedSplit(target)
+    return TokenizedSplit.load(target)
 
 
 class PackedBlocks(Dataset):
@@ -204,24 +261,39 @@ class MaskedLMCollator:
                 original, attention_mask, self.eos_id, self.pad_id)
         return batch
 
+    def mask_fixed(self, sequence: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels) of one sequence, masked by the same rule with a generator seeded by `key`."""
+        ids = sequence[None].clone()
+        generator, self.masker.generator = self.masker.generator, torch.Generator().manual_seed(key)
+        try:
+            ids, labels = self.masker.torch_mask_tokens(ids, special_tokens_mask=torch.isin(ids, self.special_ids))
+        finally:
+            self.masker.generator = generator
+        return ids[0], labels[0]
 
-class FixedMaskedSet(Dataset):
-    """Validation sequences masked once, with a fixed seed: every evaluation scores the same positions."""
 
-    def __init__(self, sequences: Dataset, collator: MaskedLMCollator, chunk: int = 1024) -> None:
-        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for start in range(0, len(sequences), chunk):
-            seqs = [sequences[i] for i in range(start, min(start + chunk, len(sequences)))]
-            batch = collator(seqs)
-            for row, seq in enumerate(seqs):
-                n = len(seq)
-                self.items.append((batch["input_ids"][row, :n].clone(), batch["labels"][row, :n].clone()))
+class FixedMaskedSample(Dataset):
+    """The validation set: up to `max_sentences` sentences of the split (0: all), one per sequence, each
+    masked with a generator keyed by the seed and the sentence's index in the split.
+
+    The sample and its masks depend only on the split and the seed: the same at every validation and
+    in every run, whatever the batch size, device count or workers, and in `run_evaluation.py`. Items are
+    masked when read, so memory and time follow the sample, not the split.
+    """
+
+    def __init__(self, split: TokenizedSplit, length: int, bos_id: int, eos_id: int, collator: MaskedLMCollator,
+                 seed: int, max_sentences: int = 10_000) -> None:
+        self.sentences, self.collator, self.seed = Sentences(split, length, bos_id, eos_id), collator, seed
+        n = len(split)
+        self.indices = (np.sort(np.random.default_rng([seed, 2]).choice(n, max_sentences, replace=False))
+                        if 0 < max_sentences < n else None)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.indices) if self.indices is not None else len(self.sentences)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.items[i]
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = int(self.indices[j]) if self.indices is not None else j
+        return self.collator.mask_fixed(self.sentences[i], ((self.seed % 2**23) << 40) | i)
 
 
 def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor | int]:
@@ -241,14 +313,12 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.
                     pool: int = 50) -> np.ndarray:
     """Sort each run of `pool` batches by length, then shuffle whole batches (as Hugging Face's
     LengthGroupedSampler): batches of similar lengths, in random order. A last partial batch stays last
-    so that every other one keeps its boundaries."""
-    chunks = []
-    for start in range(0, len(order), batch * pool):
-        mega = order[start : start + batch * pool]
-        mega = mega[np.argsort(-lengths[mega], kind="stable")]
-        chunks.extend(mega[i : i + batch] for i in range(0, len(mega), batch))
-    tail = [chunks.pop()] if chunks and len(chunks[-1]) < batch else []
-    return np.concatenate([chunks[i] for i in rng.permutation(len(chunks))] + tail) if chunks or tail else order
+    so that every other one keeps its boundaries. Vectorised: no per-batch Python objects."""
+    runs = np.arange(len(order)) // (batch * pool)
+    order = order[np.lexsort((-lengths[order].astype(np.int64), runs))]  # by run, then longest first
+    full = len(order) // batch
+    batches = order[: full * batch].reshape(full, batch)[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), order[full * batch :]])
 
 
 class ResumableSampler(Sampler[int]):
@@ -258,6 +328,8 @@ class ResumableSampler(Sampler[int]):
     interrupted run already trained on and sees the rest of the epoch in the same order.
     With `lengths` and `batch_size`, each global batch (batch size x ranks) holds sequences of
     similar length, so dynamic padding wastes little; the batches themselves stay in random order.
+    The order is a numpy array of 32-bit indices, yielded one by one: 20M sentences cost 80 MB, not a
+    Python list of 20M integers.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
@@ -271,14 +343,16 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        if self.shuffle and self.lengths is not None:
-            order = group_by_length(order, self.lengths, self.batch_size * self.world_size, rng)
-        if self.shuffle and self.per_rank * self.world_size > self.n:  # equal shares, so ranks step together
-            order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
+        order = np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)
+        if self.shuffle:
+            rng.shuffle(order)
+            if self.lengths is not None:
+                order = group_by_length(order, self.lengths, self.batch_size * self.world_size, rng)
+            if self.per_rank * self.world_size > self.n:  # equal shares, so ranks step together
+                order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
         mine = order[self.rank :: self.world_size]
         skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
-        return iter(mine[skip:].tolist())
+        return map(int, mine[skip:])
 
     def __len__(self) -> int:
         return self.per_rank
@@ -291,7 +365,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self, train_path: str, val_path: str, tokenizer: PreTrainedTokenizerBase, tokenizer_file: str,
         cache_dir: str, max_seq_length: int = 128, batch_size: int = 32, mlm_probability: float = 0.15,
         packing: bool = True, num_workers: int = 0, seed: int = 42, attend_across_sentences: bool = False,
-        pin_memory: bool = False,
+        pin_memory: bool = False, max_val_sentences: int = 10_000, progress: bool = False,
     ) -> None:
         super().__init__()
         self.train_files = text_files(train_path, "--path-to-train-set")
@@ -301,17 +375,20 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_file, self.cache_dir = tokenizer, tokenizer_file, cache_dir
         self.max_seq_length, self.batch_size, self.mlm_probability = max_seq_length, batch_size, mlm_probability
         self.packing, self.num_workers, self.seed, self.pin_memory = packing, num_workers, seed, pin_memory
+        self.max_val_sentences, self.progress = max_val_sentences, progress
         self.attend_across_sentences = attend_across_sentences
         self.resume_position = (0, 0)  # (epoch, batches already trained in it), restored from a checkpoint
 
     def prepare_data(self) -> None:
-        for files in (self.train_files, self.val_files):
-            encode_split(files, self.tokenizer_file, self.cache_dir, self.tokenizer.eos_token_id)
+        for name, files in (("train", self.train_files), ("validation", self.val_files)):
+            encode_split(files, self.tokenizer_file, self.cache_dir, self.tokenizer.eos_token_id, self.progress, name)
 
     def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "train_set", None) is not None:  # fit, then the final validate: set up once
+            return
         eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
-        train = encode_split(self.train_files, self.tokenizer_file, self.cache_dir, eos)
-        val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos)
+        train = encode_split(self.train_files, self.tokenizer_file, self.cache_dir, eos, name="train")
+        val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos, name="validation")
         if len(train) == 0 or len(val) == 0:
             raise UsageError("the training or validation split is empty; run step 1 on more data")
         self.train_tokens = int(train.tokens.size)
@@ -319,8 +396,11 @@ class MaskedLMDataModule(pl.LightningDataModule):
             PackedBlocks(train, self.max_seq_length, bos) if self.packing
             else Sentences(train, self.max_seq_length, bos, eos)
         )
-        val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, seed=self.seed)
-        self.val_set = FixedMaskedSet(Sentences(val, self.max_seq_length, bos, eos), val_collator)
+        val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
+        self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
+                                         self.max_val_sentences)
+        log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
+                 self.seed)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability,
                                                packed=self.packing and not self.attend_across_sentences)
 
@@ -331,7 +411,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch, batches_done = self.resume_position
         rank, world = self._rank()
-        lengths = None if self.packing else np.diff(self.train_set.split.offsets)  # sentence lengths, for grouping
+        lengths = None if self.packing else self.train_set.split.lengths()  # for grouping by length
         sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch=epoch,
                                    skip=batches_done * self.batch_size, lengths=lengths, batch_size=self.batch_size)
         if sampler.skip >= len(sampler):  # stopped right at the end of an epoch: the next one starts afresh

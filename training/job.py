@@ -56,6 +56,7 @@ class TrainingConfig:
     max_bad_steps: int = 10
     seed: int = 42
     validate_every_n_steps: int = 500
+    max_val_sentences: int = 10_000
     checkpoint_every_n_steps: int = 500
     log_every_n_steps: int = 10
     accelerator: str = "auto"
@@ -87,6 +88,7 @@ def validate_config(cfg: TrainingConfig) -> None:
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
+        (cfg.max_val_sentences >= 0, f"--max-val-sentences must be 0 (all) or more, got {cfg.max_val_sentences}"),
         (cfg.peak_tflops is None or cfg.peak_tflops > 0, f"--peak-tflops must be positive, got {cfg.peak_tflops}"),
         (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
          "--hidden-size, --num-layers and --num-heads must be at least 1"),
@@ -224,6 +226,7 @@ def _checkpoint_step(path: str) -> int:
 
 def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
+    started = time.perf_counter()
     validate_config(cfg)
     quiet_library_noise()
     tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path or cfg.init_from or "data/tokenizer")
@@ -248,6 +251,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, packing=cfg.packing,
         attend_across_sentences=cfg.attend_across_sentences,
         num_workers=plan.num_workers, pin_memory=plan.pin_memory, seed=cfg.seed,
+        max_val_sentences=cfg.max_val_sentences, progress=cfg.progress,
     )
     resume_from = prepare_job_dir(cfg, identity)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -266,7 +270,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         cfg.job_dir, plan, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
-        config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops,
+        config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file

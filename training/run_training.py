@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many consecutive steps with a NaN/inf loss (each is skipped) (default: %(default)s)")
     t.add_argument("--seed", type=int, default=42, help="random seed; also fixes the validation masks (default: %(default)s)")
     t.add_argument("--validate-every-n-steps", type=int, default=500, help="validation interval (default: %(default)s)")
+    t.add_argument("--max-val-sentences", type=int, default=10_000,
+                   help="validate on this many sentences of the validation split, the same ones with the same masks "
+                        "every time (chosen by --seed); 0 = the whole split (default: %(default)s)")
     t.add_argument("--checkpoint-every-n-steps", type=int, default=500,
                    help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
     t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")

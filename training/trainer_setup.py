@@ -77,14 +77,17 @@ class TrainingClock(Callback):
     on GPUs the model FLOPs utilisation (MFU) at the masking rate measured over the interval."""
 
     def __init__(self, log_every_n_steps: int, config: RobertaConfig | None = None, seq_len: int = 128,
-                 peak_tflops: float | None = None) -> None:
+                 peak_tflops: float | None = None, started: float | None = None) -> None:
+        self.started = started if started is not None else time.perf_counter()  # the run's start, for the log
+        self._first_step_logged = False
+        self._validation_started: float | None = None
         self.log_every_n_steps = log_every_n_steps
         self.config, self.seq_len, self.peak_tflops = config, seq_len, peak_tflops
         self.peak_flops: float | None = None
         self.prior_seconds = 0.0
         self._running_since: float | None = None
         self._session_seconds = 0.0
-        self._last_log: tuple[float, int] | None = None
+        self._last_log: tuple[float, int, int, int] | None = None
 
     @property
     def seconds(self) -> float:
@@ -104,6 +107,9 @@ class TrainingClock(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if not self._first_step_logged and trainer.is_global_zero:
+            self._first_step_logged = True
+            log.info("first optimizer step done %.1f s after start", time.perf_counter() - self.started)
         if trainer.global_step % self.log_every_n_steps or self._last_log is None:
             return
         now, tokens, samples, masked = current = self._counters(pl_module)
@@ -131,6 +137,12 @@ class TrainingClock(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
         self._last_log = None
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_started is not None and trainer.is_global_zero:
+            log.info("validation at step %d took %.1f s", trainer.global_step,
+                     time.perf_counter() - self._validation_started)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -147,11 +159,11 @@ def build_trainer(
     accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
     max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
     progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
-    peak_tflops: float | None = None,
+    peak_tflops: float | None = None, started: float | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
     """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
     MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`."""
-    clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops)
+    clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,

@@ -1,0 +1,87 @@
+"""Score a masked LM on a split with the fixed masks of training's validation, and print JSON.
+
+    python training/run_evaluation.py --model-dir runs/titles/model --path-to-val-set data/corpus/validation
+    python training/run_evaluation.py --checkpoint runs/titles/checkpoints/last.ckpt --max-val-sentences 0
+
+With training's defaults (--max-val-sentences, --seed, --mlm-probability, --max-seq-length) and the same
+precision, it reproduces the run's val_loss on its export; --max-val-sentences 0 scores the whole split.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from corpus.errors import UsageError, run_main
+from training.devices import device_type, plan_for_device
+from training.evaluation import evaluate, validation_sample
+from training.job import load_pretrained, load_tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="an exported JOB/model, or a local Hugging Face RoBERTa-style masked LM")
+    source.add_argument("--checkpoint", help="a training checkpoint (.ckpt)")
+    p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the model's own, or the checkpoint run's)")
+    p.add_argument("--path-to-val-set", default="data/corpus/validation",
+                   help="the split to score: a directory of .txt shards, a file or a glob (default: %(default)s)")
+    p.add_argument("--max-val-sentences", type=int, default=10_000,
+                   help="score this many sentences, chosen by --seed as training does; 0 = all (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="training's --seed: picks the sample and masks (default: %(default)s)")
+    p.add_argument("--mlm-probability", type=float, default=0.15, help="training's masking rate (default: %(default)s)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="training's sequence length (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--precision", default="auto", help="as training's --precision (default: %(default)s)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    p.add_argument("--cache-dir", help="token cache to reuse, e.g. JOB/cache (default: a temporary one)")
+    p.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
+    p.add_argument("--no-progress", action="store_true", help="hide the tokenising progress bar")
+    return p
+
+
+def load_model(args: argparse.Namespace):
+    """(model, tokenizer) from --model-dir or --checkpoint."""
+    if args.checkpoint:
+        from training.export_model import default_tokenizer, load_module
+
+        module = load_module(args.checkpoint)
+        tokenizer_path = args.path_to_tokenizer or default_tokenizer(args.checkpoint)
+        if tokenizer_path is None:
+            raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
+        tokenizer, tokenizer_file = load_tokenizer(tokenizer_path)
+        if len(tokenizer) != module.config.vocab_size:
+            raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
+                             "pass the --path-to-tokenizer the run was trained with")
+        return module.model, tokenizer, tokenizer_file
+    tokenizer, tokenizer_file = load_tokenizer(args.path_to_tokenizer or args.model_dir)
+    return load_pretrained(args.model_dir, tokenizer), tokenizer, tokenizer_file
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    checks = [(args.max_val_sentences >= 0, "--max-val-sentences must be 0 (all) or more"),
+              (args.batch_size >= 1, "--batch-size must be at least 1"),
+              (0 < args.mlm_probability < 1, "--mlm-probability must be in (0, 1)"),
+              (8 <= args.max_seq_length <= 512, "--max-seq-length must be between 8 and 512")]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    model, tokenizer, tokenizer_file = load_model(args)
+    plan = plan_for_device(device_type(args.accelerator), args.precision)
+    model.set_attn_implementation(plan.attention)
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = validation_sample(args.path_to_val_set, tokenizer, tokenizer_file, args.cache_dir or tmp,
+                                   args.max_seq_length, args.mlm_probability, args.seed, args.max_val_sentences,
+                                   progress=not args.no_progress)
+        metrics = evaluate(model, sample, tokenizer.pad_token_id, args.batch_size, plan.precision, plan.device)
+    metrics |= {"precision": plan.precision, "model": os.path.abspath(args.model_dir or args.checkpoint)}
+    text = json.dumps(metrics)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
