@@ -1,7 +1,10 @@
 import gzip
 import json
 import os
+import random
+import tempfile
 
+import pytest
 
 from conftest import run_script
 from corpus.pipeline import CorpusConfig, generate_corpus
@@ -162,3 +165,60 @@ def test_repeat_filter_forgets_but_the_deduplicator_does_not(tmp_path):
     assert small.fresh(["a", "b", "a", "", ""]) == ["a", "b", "", ""] and small.repeats == 1
     small.fresh(["c", "d"])  # over capacity: forgets on the next batch
     assert small.fresh(["a"]) == ["a"]
+
+
+def reference_tsv_rows(raw: bytes, column: str) -> tuple[list[str], dict]:
+    """The TSV rule, line by line: exactly the header's number of fields, the field valid UTF-8."""
+    lines = raw.split(b"\n")
+    header = lines[0].rstrip(b"\r").decode().split("\t")
+    kept, dropped = [], {}
+    for line in lines[1:-1] if raw.endswith(b"\n") else lines[1:]:
+        fields = line.rstrip(b"\r\n").split(b"\t")
+        if len(fields) != len(header):
+            dropped["malformed_row"] = dropped.get("malformed_row", 0) + 1
+            continue
+        try:
+            kept.append(fields[header.index(column)].decode("utf-8"))
+        except UnicodeDecodeError:
+            dropped["bad_utf8"] = dropped.get("bad_utf8", 0) + 1
+    return kept, dropped
+
+
+@pytest.mark.parametrize("read_bytes", [7, 4096, 1 << 20])
+@pytest.mark.parametrize("column", ["product_title", "review_date"])
+def test_tsv_reader_cuts_lines_across_blocks_and_gzip_members(monkeypatch, read_bytes, column):
+    from corpus import sources
+
+    rng = random.Random(read_bytes)
+    header = sample_rows(1)[0]
+    rows = []
+    for i in range(3000):
+        fields = [b"US", b"1", b"R1", b"B1", b"1", f"Title {i} \u00e9\"x".encode(), b"Baby", b"5", b"0", b"0", b"N",
+                  b"Y", b"h", b"body " * rng.randrange(200), f"2015-01-{i % 28 + 1:02d}".encode()]
+        if i % 97 == 0:
+            fields = fields[:rng.randrange(1, 15)]  # malformed
+        if i % 89 == 0:
+            fields[min(5, len(fields) - 1)] += b"\xff"  # bad UTF-8
+        rows.append(b"\t".join(fields) + (b"\r" if i % 5 == 0 else b""))
+    raw = header + b"\n" + b"\n".join(rows) + b"\n\n"  # an empty last line is a malformed row
+    data = gzip.compress(raw[: len(raw) // 2]) + gzip.compress(raw[len(raw) // 2 :])  # two gzip members
+    expected, dropped = reference_tsv_rows(raw, column)
+    monkeypatch.setattr(sources, "READ_BYTES", read_bytes)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in (("a.tsv.gz", data), ("b.tsv", raw)):
+            path = os.path.join(tmp, name)
+            open(path, "wb").write(content)
+            stats = sources.SourceStats()
+            got = [v for batch in sources.read_amazon_tsv(path, [column], stats) for (v,) in batch]
+            assert got == expected and stats.dropped == dropped and stats.rows_read == len(rows) + 1
+            assert dropped["malformed_row"] > 20 and (column == "review_date" or dropped["bad_utf8"] > 20)
+
+
+def test_a_truncated_gzip_file_is_a_one_line_error(tmp_path, sample_tsv):
+    data = open(sample_tsv, "rb").read()
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    result = run_script("corpus/run_corpus_generation.py", "--data-files", str(path), "--output-dir",
+                        str(tmp_path / "out"), "--no-progress", check=False)
+    assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
