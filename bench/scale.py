@@ -10,6 +10,8 @@ and one 8,000-token tokenizer fitted on the 1M corpus:
   start    run_training.py --model-size tiny --max-steps 5, warm cache: seconds from start to the first
            optimizer step (its own log line), and the time of one periodic validation at the defaults
   rss      peak RSS of that step-3 process
+  step 2   (--tokenizer-memory) peak RSS of run_tokenizer_fitting.py at each size, on all lines and with
+           --max-lines 1000000
 Targets: RSS at the largest size <= 1.2x that at 1M and < 2 GiB; warm start <= 15 s; validation <= 10 s;
 cache build >= 0.8x the bare encoder's throughput.
 """
@@ -80,6 +82,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
     p.add_argument("--workdir", default="/tmp/bench_scale", help="scratch directory (default: %(default)s)")
+    p.add_argument("--tokenizer-memory", action="store_true", help="also measure step 2's peak RSS at each size")
     p.add_argument("--task", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
     args = p.parse_args()
     if args.task:
@@ -124,11 +127,22 @@ def main() -> None:
         validation = float(re.search(r"validation at step \d+ took ([\d.]+) s", err).group(1))
         rows.append({"lines": size, "bare_s": bare, "cache_s": ours, "first_step_s": first,
                      "validation_s": validation, "rss_mib": rss, "wall_s": wall})
+        if args.tokenizer_memory:
+            for max_lines in ("0", "1000000"):
+                seconds, peak, _ = measure([sys.executable, "tokenizer/run_tokenizer_fitting.py", "--corpus-dir",
+                                            f"{corpus}/train", "--output-dir", os.path.join(args.workdir, "tok_probe"),
+                                            "--vocab-size", "8000", "--max-lines", max_lines, "--overwrite",
+                                            "--no-progress"])
+                rows[-1][f"step2_max_lines_{max_lines}"] = {"seconds": round(seconds, 1), "rss_mib": round(peak)}
         print(json.dumps(rows[-1]), file=sys.stderr)
     print(f"\n{'lines':>12}{'bare enc s':>12}{'cache s':>9}{'ratio':>7}{'1st step s':>12}{'val s':>7}{'RSS MiB':>9}")
     for r in rows:
         print(f"{r['lines']:>12,}{r['bare_s']:>12.1f}{r['cache_s']:>9.1f}{r['bare_s'] / r['cache_s']:>7.2f}"
               f"{r['first_step_s']:>12.1f}{r['validation_s']:>7.1f}{r['rss_mib']:>9.0f}")
+    for r in rows:
+        if "step2_max_lines_0" in r:
+            print(f"step 2 at {r['lines']:,} lines: all lines {r['step2_max_lines_0']}, --max-lines 1000000 "
+                  f"{r['step2_max_lines_1000000']}")
     small, large = rows[0], rows[-1]
     ok = lambda c: "met" if c else "NOT met"
     print(f"\nRSS {large['lines']:,} / {small['lines']:,}: {large['rss_mib'] / small['rss_mib']:.2f}x "

@@ -53,3 +53,25 @@ def test_max_lines_fits_on_an_even_sample(tmp_path):
     run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(shard), "--output-dir", str(tmp_path / "tok"),
                "--vocab-size", "300", "--max-lines", "100", "--no-progress")
     assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).mask_token_id == 4
+
+
+def test_saved_files_load_as_those_transformers_writes(fitted, tmp_path):
+    """save_tokenizer writes the config by hand (transformers' import is slow): AutoTokenizer must load it
+    exactly as it loads transformers' own save_pretrained of the same tokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenizer.fitting import MODEL_MAX_LENGTH, SPECIAL_ROLES
+
+    ours = AutoTokenizer.from_pretrained(str(fitted / "tok"))
+    raw = Tokenizer.from_file(str(fitted / "tok" / "tokenizer.json"))
+    PreTrainedTokenizerFast(tokenizer_object=raw, model_max_length=MODEL_MAX_LENGTH, **SPECIAL_ROLES).save_pretrained(
+        str(tmp_path / "hf"))
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    attributes = ["bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id", "unk_token_id", "cls_token_id",
+                  "sep_token_id", "model_max_length", "all_special_ids", "all_special_tokens"]
+    assert {a: getattr(ours, a) for a in attributes} == {a: getattr(theirs, a) for a in attributes}
+    texts = ["Organic <mask> Blanket, 12\" Tall", "Petit Bébé ™", ""]
+    assert ours(texts)["input_ids"] == theirs(texts)["input_ids"]
+    assert ours.get_special_tokens_mask([0, 9, 4, 2, 1], already_has_special_tokens=True) == [1, 0, 1, 1, 1]
+    assert theirs.get_special_tokens_mask([0, 9, 4, 2, 1], already_has_special_tokens=True) == [1, 0, 1, 1, 1]
