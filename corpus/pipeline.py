@@ -11,11 +11,11 @@ from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from corpus.errors import PipelineError, UsageError
+from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
 from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
 from corpus.splitting import Deduplicator, RepeatFilter, is_validation, sentence_hash
-from corpus.writing import ShardWriter, check_output_dir, publish, staging_dir, write_manifest
+from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
 
 
 @dataclass

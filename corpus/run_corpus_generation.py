@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from corpus.errors import run_main
+from common import run_main
 from corpus.pipeline import CorpusConfig, generate_corpus
 
 SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "amazon_reviews_us_sample.tsv.gz")

@@ -1,6 +1,5 @@
 """Read raw rows from Amazon review TSVs, local tables or the Hugging Face hub, as text batches."""
 import glob
-import gzip
 import logging
 import os
 import queue
@@ -9,7 +8,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from corpus.errors import PipelineError, UsageError
+from common import PipelineError, UsageError
 
 DEFAULT_TEXT_COLUMNS = ("product_title", "title", "text")  # tried in order when none is named
 DATASETS_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}

@@ -2,11 +2,10 @@
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
-from corpus.errors import UsageError
+from common import UsageError
 
 SHARD_NAME = "corpus_chunk_{:05d}.txt"
 MANIFEST = "manifest.json"
@@ -89,14 +88,3 @@ def staging_dir(output_dir: str) -> str:
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output_dir))}.partial-", dir=parent)
-
-
-def publish(staging: str, output_dir: str) -> None:
-    """Replace the output directory by the finished staging directory; the old one goes only now."""
-    old = None
-    if os.path.isdir(output_dir):
-        old = staging + ".old"
-        os.replace(output_dir, old)
-    os.replace(staging, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

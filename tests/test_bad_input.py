@@ -7,7 +7,7 @@ import os
 import pytest
 
 from corpus import run_corpus_generation, writing
-from corpus.errors import run_main
+from common import run_main
 from tokenizer import run_tokenizer_fitting
 from training import run_fill_mask, run_training
 

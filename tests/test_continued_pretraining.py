@@ -74,3 +74,12 @@ def test_probe_bad_labels(tmp_path, pipeline_run, content, args, words):
     result = run_script("training/run_probe.py", "--model-dir", os.path.join(pipeline_run["job"], "model"),
                         "--data-files", str(table), *args, check=False)
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_long_tail_of_dropped_labels_is_one_short_line():
+    from training.run_probe import dropped_summary
+
+    dropped = {f"Category number {i} with a long name": 1 + i % 4 for i in range(200)}
+    line = dropped_summary(dropped, 20)
+    assert "\n" not in line and len(line) < 120
+    assert "200 label(s)" in line and f"({sum(dropped.values())} rows)" in line and "probe_metrics.json" in line

@@ -64,20 +64,24 @@ def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
     a, b, c = sample(5), sample(5), sample(6)
     items = lambda d: [d[i] for i in range(len(d))]
     same = lambda u, v: all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(items(u), items(v)))
-    assert len(a) == 100 and list(a.indices) == list(b.indices) and list(a.indices) != list(c.indices)
+    assert len(a) == 100 and list(a.indices) == list(b.indices) and set(a.indices) != set(c.indices)
     assert same(a, b) and not same(a, c)
+    lengths = [len(a[j][0]) for j in range(100)]
+    assert lengths == sorted(lengths)  # served shortest first: batches of similar lengths
     # A sentence's masks depend on the seed and its index only: the same in a sample of all 300.
     everything = sample(5, 0)
-    assert len(everything) == 300 and everything.indices is None
+    assert len(everything) == 300 and sorted(everything.indices.tolist()) == list(range(300))
+    position = {int(i): j for j, i in enumerate(everything.indices)}
     for j, i in enumerate(a.indices):
-        assert torch.equal(a[j][0], everything[int(i)][0]) and torch.equal(a[j][1], everything[int(i)][1])
+        k = position[int(i)]
+        assert torch.equal(a[j][0], everything[k][0]) and torch.equal(a[j][1], everything[k][1])
     # Each item follows the masking rule: only body tokens are labelled, with their original ids.
-    for i in range(300):
-        ids, labels = everything[i]
-        original = seqs[i]
+    for k in range(300):
+        ids, labels = everything[k]
+        original = seqs[int(everything.indices[k])]
         assert torch.equal(labels[labels != -100], original[labels != -100])
         assert labels[0] == -100 and labels[-1] == -100 and torch.equal(ids[labels == -100], original[labels == -100])
-    rate = sum(int((everything[i][1] != -100).sum()) for i in range(300)) / sum(len(s) - 2 for s in seqs)
+    rate = sum(int((everything[k][1] != -100).sum()) for k in range(300)) / sum(len(s) - 2 for s in seqs)
     assert abs(rate - 0.15) < 0.02
     batch = pad_masked(items(a)[:10], PAD)
     assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] % 8 == 0

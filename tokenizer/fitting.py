@@ -9,7 +9,7 @@ from tokenizers import AddedToken, Tokenizer
 from tokenizers.implementations import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
 
-from corpus.errors import UsageError
+from common import UsageError
 
 # RoBERTa's ids: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4. <mask> swallows the space before it,
 # so "a <mask> b" asks the model for a space-prefixed word, as in pretraining text.

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from corpus.errors import UsageError, run_main
+from common import UsageError, run_main
 from tokenizer.fitting import corpus_files, fit_tokenizer, save_tokenizer
 from tokenizer.report import tokenizer_report
 

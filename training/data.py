@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
-from corpus.errors import UsageError
+from common import UsageError
 
 ENCODE_CHUNK_BYTES = 1 << 22  # lines handed to the encoder at a time (~80k titles): bounded memory
 CACHE_FORMAT = 2  # bump when the cached arrays change meaning
@@ -285,14 +285,19 @@ class FixedMaskedSample(Dataset):
                  seed: int, max_sentences: int = 10_000) -> None:
         self.sentences, self.collator, self.seed = Sentences(split, length, bos_id, eos_id), collator, seed
         n = len(split)
-        self.indices = (np.sort(np.random.default_rng([seed, 2]).choice(n, max_sentences, replace=False))
-                        if 0 < max_sentences < n else None)
+        if 0 < max_sentences < n:
+            chosen = np.random.default_rng([seed, 2]).choice(n, max_sentences, replace=False)
+            lengths = split.offsets[chosen + 1] - split.offsets[chosen]
+        else:
+            chosen, lengths = np.arange(n), split.lengths()
+        # Shortest first: batches of similar lengths pad little. Sums are per token, so order does not matter.
+        self.indices = chosen[np.lexsort((chosen, lengths))]
 
     def __len__(self) -> int:
-        return len(self.indices) if self.indices is not None else len(self.sentences)
+        return len(self.indices)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(self.indices[j]) if self.indices is not None else j
+        i = int(self.indices[j])
         return self.collator.mask_fixed(self.sentences[i], ((self.seed % 2**23) << 40) | i)
 
 
@@ -391,7 +396,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos, name="validation")
         if len(train) == 0 or len(val) == 0:
             raise UsageError("the training or validation split is empty; run step 1 on more data")
-        self.train_tokens = int(train.tokens.size)
+        self.train_tokens, self.train_split = int(train.tokens.size), train
         self.train_set = (
             PackedBlocks(train, self.max_seq_length, bos) if self.packing
             else Sentences(train, self.max_seq_length, bos, eos)

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, RobertaForMaskedLM
 
-from corpus.writing import publish
+from common import publish
 
 
 def export_model(model: RobertaForMaskedLM, tokenizer: PreTrainedTokenizerBase, output_dir: str,

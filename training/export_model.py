@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from corpus.errors import UsageError, run_main
+from common import UsageError, run_main
 from training.export import export_model
 from training.job import load_tokenizer
 from training.model import MaskedLMModule

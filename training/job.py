@@ -15,13 +15,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from corpus.errors import Interrupted, UsageError
+from common import Interrupted, UsageError
 from training.data import MaskedLMDataModule, file_sha256
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
 from training.devices import apply_plan, check_strategy, device_type, plan_for_device
 from training.trainer_setup import build_trainer
+from training.watch import FillMaskSamples, log_token_embeddings, read_watch_texts
 
 log = logging.getLogger("training")
 # What must match for a checkpoint to be resumed into the current run.
@@ -57,6 +58,9 @@ class TrainingConfig:
     seed: int = 42
     validate_every_n_steps: int = 500
     max_val_sentences: int = 10_000
+    fill_mask_samples: int = 8
+    watch_texts: str | None = None
+    log_embeddings: int = 0
     checkpoint_every_n_steps: int = 500
     log_every_n_steps: int = 10
     accelerator: str = "auto"
@@ -89,6 +93,8 @@ def validate_config(cfg: TrainingConfig) -> None:
         (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
         (cfg.max_val_sentences >= 0, f"--max-val-sentences must be 0 (all) or more, got {cfg.max_val_sentences}"),
+        (cfg.fill_mask_samples >= 0 and cfg.log_embeddings >= 0,
+         "--fill-mask-samples and --log-embeddings must be 0 (off) or more"),
         (cfg.peak_tflops is None or cfg.peak_tflops > 0, f"--peak-tflops must be positive, got {cfg.peak_tflops}"),
         (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
          "--hidden-size, --num-layers and --num-heads must be at least 1"),
@@ -230,6 +236,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     validate_config(cfg)
     quiet_library_noise()
     tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path or cfg.init_from or "data/tokenizer")
+    watch_texts = read_watch_texts(cfg.watch_texts, tokenizer) if cfg.watch_texts else None
     pretrained = load_pretrained(cfg.init_from, tokenizer) if cfg.init_from else None
     if pretrained is not None and cfg.max_seq_length > pretrained.config.max_position_embeddings - 2:
         raise UsageError(f"--max-seq-length {cfg.max_seq_length} exceeds the --init-from model's "
@@ -271,6 +278,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         cfg.devices, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
+        extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
+        if watch_texts or cfg.fill_mask_samples else [],
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file
@@ -294,6 +303,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         "train_tokens_per_second": round(module.total_train_tokens / max(clock.seconds, 1e-9), 1),
     }
     if trainer.is_global_zero:
+        if cfg.log_embeddings:
+            log_token_embeddings(module.model, tokenizer, datamodule.train_split, cfg.log_embeddings,
+                                 trainer.logger.experiment, trainer.global_step)
         training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",
                                                  "attend_across_sentences",
                                                  "mlm_probability", "lr", "warmup_ratio", "weight_decay", "dropout",

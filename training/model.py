@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import RobertaConfig, RobertaForMaskedLM, get_linear_schedule_with_warmup
 
-from corpus.errors import PipelineError
+from common import PipelineError
 from training.devices import default_attention
 
 

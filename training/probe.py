@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from corpus.errors import UsageError
+from common import UsageError
 from corpus.normalise import normalise_text
 from corpus.sources import SourceStats, read_row_batches
 from corpus.splitting import is_validation, sentence_hash

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from corpus.errors import UsageError, run_main
+from common import UsageError, run_main
 from training.devices import device_type, plan_for_device
 from training.evaluation import evaluate, validation_sample
 from training.job import load_pretrained, load_tokenizer

@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-from corpus.errors import UsageError, run_main
+from common import UsageError, run_main
 from training.fill_mask import fill_mask, load_fill_mask
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from corpus.errors import UsageError, run_main
+from common import UsageError, run_main
 from corpus.run_corpus_generation import SAMPLE_FILE
 from corpus.sources import expand_data_files
 from training.probe import load_labelled, run_probe
@@ -58,6 +58,12 @@ def cite_in_model_card(model_dir: str, metrics: dict) -> None:
         f.write(card)
 
 
+def dropped_summary(dropped: dict[str, int], min_examples: int) -> str:
+    """One short line however long the tail of rare labels: counts here, the labels in probe_metrics.json."""
+    return (f"dropped {len(dropped)} label(s) with fewer than {min_examples} training examples "
+            f"({sum(dropped.values())} rows); they are listed in probe_metrics.json")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     files = expand_data_files(args.data_files or [SAMPLE_FILE])
     data = load_labelled(files, args.text_column, args.label_column, args.test_size, args.seed, args.min_examples)
     if data["dropped_labels"]:
-        print(f"dropped labels with fewer than {args.min_examples} examples: {data['dropped_labels']}", file=sys.stderr)
+        print(dropped_summary(data["dropped_labels"], args.min_examples), file=sys.stderr)
     metrics = run_probe(args.model_dir, data, args.epochs, args.batch_size, args.lr, args.seed)
     out = args.output_dir or args.model_dir
     os.makedirs(out, exist_ok=True)

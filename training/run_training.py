@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from corpus.errors import run_main
+from common import run_main
 from training.job import TrainingConfig, train
 from training.model import MODEL_SIZES
 
@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every-n-steps", type=int, default=500,
                    help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
     t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")
+    w = p.add_argument_group("watching the model in TensorBoard")
+    w.add_argument("--fill-mask-samples", type=int, default=8,
+                   help="at each validation, a table (TEXT tab) of this many validation sentences, chosen by --seed, "
+                        "with one word masked, the expected word and the top 3 predictions; 0 = off (default: %(default)s)")
+    w.add_argument("--watch-texts", metavar="FILE",
+                   help="use your own lines instead, one <mask> in each (one text per line)")
+    w.add_argument("--log-embeddings", type=int, default=0, metavar="N",
+                   help="at the end, put the input embeddings of the N most frequent tokens in TensorBoard's "
+                        "PROJECTOR tab, labelled with the tokens; 0 = off (default: %(default)s)")
     t.add_argument("--num-workers", type=int,
                    help="dataloader worker processes (default: 0 on CPUs, where workers take cores from training; "
                         "on GPUs up to 4 per process, so batches are collated while the GPU computes)")

@@ -119,6 +119,9 @@ class TrainingClock(Callback):
             # Non-pad tokens, all ranks (they run in lockstep, so rank 0's rate times the world size).
             pl_module.log("throughput/tokens_per_sec", per_device * trainer.world_size, prog_bar=True)
             pl_module.log("throughput/samples_per_sec", (samples - samples_then) / (now - then) * trainer.world_size)
+            # For plots against tokens seen and training time (training/plot_learning_curves.py).
+            pl_module.log("progress/tokens_seen", float(tokens * trainer.world_size))
+            pl_module.log("progress/train_seconds", now)
             if self.peak_flops and self.config is not None:
                 rate = (masked - masked_then) / (tokens - tokens_then)  # ~13.5% at 15%: special tokens never masked
                 pl_module.log("throughput/mfu", per_device * flops_per_token(self.config, self.seq_len, rate)
@@ -159,7 +162,7 @@ def build_trainer(
     accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
     max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
     progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
-    peak_tflops: float | None = None, started: float | None = None,
+    peak_tflops: float | None = None, started: float | None = None, extra_callbacks: list[Callback] | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
     """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
     MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`."""
@@ -169,7 +172,7 @@ def build_trainer(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
         save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
     )
-    callbacks = [checkpoints, clock, stopper]
+    callbacks = [checkpoints, clock, stopper, *(extra_callbacks or [])]
     if progress:  # each refresh reads the loss back from the device: on a GPU, not every step
         callbacks.append(TQDMProgressBar(refresh_rate=plan.check_every_n_steps))
     # On resume, purge_step tells TensorBoard to drop what the interrupted run logged after its checkpoint.

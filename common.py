@@ -1,4 +1,7 @@
-"""Errors the three command-line scripts turn into a one-line message and an exit code."""
+"""What the three steps share: their error types, the runner that turns those into one line and an exit
+code, and atomic publishing of a finished output directory."""
+import os
+import shutil
 import sys
 from typing import Callable
 
@@ -40,3 +43,14 @@ def run_main(main: Callable[[], None]) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def publish(staging: str, output_dir: str) -> None:
+    """Replace the output directory by the finished staging directory; the old one goes only now."""
+    old = None
+    if os.path.isdir(output_dir):
+        old = staging + ".old"
+        os.replace(output_dir, old)
+    os.replace(staging, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
