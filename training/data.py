@@ -104,7 +104,7 @@ def read_line_chunks(files: list[str], chunk_bytes: int):
 
 
 def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: int, progress: bool = False,
-                 name: str = "split", chunk_bytes: int = ENCODE_CHUNK_BYTES) -> TokenizedSplit:
+                 name: str = "split", chunk_bytes: int = ENCODE_CHUNK_BYTES, quiet: bool = False) -> TokenizedSplit:
     """Tokenise the files once into cache_dir/<key>, or reuse that entry.
 
     Streams: each chunk of lines is encoded by the Rust tokenizer on all cores (while the previous
@@ -116,8 +116,9 @@ def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: 
     target = os.path.join(cache_dir, cache_key(files, tokenizer_file))
     if os.path.isfile(os.path.join(target, "source.json")):
         split = TokenizedSplit.load(target)
-        log.info("%s: token cache reused (%s sentences, %s tokens) from %s", name, f"{len(split):,}",
-                 f"{split.tokens.size:,}", target)
+        if not quiet:
+            log.info("%s: token cache reused (%s sentences, %s tokens) from %s", name, f"{len(split):,}",
+                     f"{split.tokens.size:,}", target)
         return split
     tokenizer = Tokenizer.from_file(tokenizer_file)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.uint32
@@ -385,6 +386,8 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.resume_position = (0, 0)  # (epoch, batches already trained in it), restored from a checkpoint
 
     def prepare_data(self) -> None:
+        if getattr(self, "train_set", None) is not None:  # the final validate calls this again
+            return
         for name, files in (("train", self.train_files), ("validation", self.val_files)):
             encode_split(files, self.tokenizer_file, self.cache_dir, self.tokenizer.eos_token_id, self.progress, name)
 
@@ -392,8 +395,9 @@ class MaskedLMDataModule(pl.LightningDataModule):
         if getattr(self, "train_set", None) is not None:  # fit, then the final validate: set up once
             return
         eos, bos = self.tokenizer.eos_token_id, self.tokenizer.bos_token_id
-        train = encode_split(self.train_files, self.tokenizer_file, self.cache_dir, eos, name="train")
-        val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos, name="validation")
+        # prepare_data built or found these (and said so); here they are only opened
+        train = encode_split(self.train_files, self.tokenizer_file, self.cache_dir, eos, name="train", quiet=True)
+        val = encode_split(self.val_files, self.tokenizer_file, self.cache_dir, eos, name="validation", quiet=True)
         if len(train) == 0 or len(val) == 0:
             raise UsageError("the training or validation split is empty; run step 1 on more data")
         self.train_tokens, self.train_split = int(train.tokens.size), train
@@ -430,7 +434,9 @@ class MaskedLMDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank()  # each rank scores a disjoint part; the module sums over ranks
         return DataLoader(
-            self.val_set, batch_size=self.batch_size, sampler=ResumableSampler(len(self.val_set), 0, rank, world, False),
+            # 4x the training batch: no gradients to hold, and larger products ran 1.3x faster on a CPU.
+            self.val_set, batch_size=4 * self.batch_size,
+            sampler=ResumableSampler(len(self.val_set), 0, rank, world, False),
             collate_fn=partial(pad_masked, pad_id=self.tokenizer.pad_token_id), num_workers=0,
         )
 

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="training's --seed: picks the sample and masks (default: %(default)s)")
     p.add_argument("--mlm-probability", type=float, default=0.15, help="training's masking rate (default: %(default)s)")
     p.add_argument("--max-seq-length", type=int, default=128, help="training's sequence length (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="sequences per forward pass; the result does not depend on it (default: %(default)s)")
     p.add_argument("--precision", default="auto", help="as training's --precision (default: %(default)s)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     p.add_argument("--cache-dir", help="token cache to reuse, e.g. JOB/cache (default: a temporary one)")
