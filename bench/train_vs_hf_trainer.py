@@ -89,25 +89,22 @@ def run_hf_trainer(kind: str, corpus: str, tokenizer_dir: str, out: str, seconds
 
 
 def validation_loss(model_dir: str, tokenizer_dir: str, corpus: str, seed: int = 1234) -> float:
-    """The shared score: mean masked-token cross-entropy over the validation lines, one sentence per
-    sequence (128 tokens at most), masks drawn once with a fixed seed, full logits."""
-    import torch
+    """The shared score: mean masked-token cross-entropy over all validation lines, one sentence per
+    sequence (128 tokens at most), each masked once by a generator keyed by seed and line (the masks of
+    run_evaluation.py), in float32."""
+    import tempfile
+
     from transformers import AutoTokenizer, RobertaForMaskedLM
 
-    from training.data import FixedMaskedSet, MaskedLMCollator, pad_masked
+    from training.evaluation import evaluate, validation_sample
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = tokenizer(read_lines(os.path.join(corpus, "validation")), truncation=True, max_length=128)["input_ids"]
-    items = FixedMaskedSet([torch.tensor(x) for x in ids], MaskedLMCollator(tokenizer, 0.15, seed=seed))
-    model = RobertaForMaskedLM.from_pretrained(model_dir).eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(items), 64):
-            batch = pad_masked([items[j] for j in range(i, min(i + 64, len(items)))], tokenizer.pad_token_id)
-            n = int((batch["labels"] != -100).sum())
-            total += float(model(**batch).loss) * n
-            count += n
-    return total / count
+    model = RobertaForMaskedLM.from_pretrained(model_dir)
+    model.set_attn_implementation("eager")
+    with tempfile.TemporaryDirectory() as cache:
+        sample = validation_sample(os.path.join(corpus, "validation"), tokenizer,
+                                   os.path.join(tokenizer_dir, "tokenizer.json"), cache, seed=seed, max_sentences=0)
+        return evaluate(model, sample, tokenizer.pad_token_id, 128, "32-true")["loss"]
 
 
 def prepare_data(workdir: str, rows: int) -> tuple[str, str]:
