@@ -155,7 +155,6 @@ def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: 
                 pending = job
             if pending is not None:
                 write(pending[0].result(), pending[1])
-        bar.close()
         with open(os.path.join(staging, "source.json"), "w") as fh:
             json.dump({"files": [os.path.abspath(f) for f in files], "tokenizer": os.path.abspath(tokenizer_file),
                        "sentences": sentences, "tokens": tokens, "dtype": np.dtype(dtype).name}, fh, indent=2)
@@ -224,6 +223,22 @@ def sentence_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor, eos
     return segment_ids.masked_fill(~real, -1), (positions + padding_idx + 1).masked_fill(~real, padding_idx)
 
 
+def pad_rows(sequences: list[torch.Tensor] | tuple, value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows padded with `value` to a multiple of 8 (which suits tensor cores), attention mask)."""
+    lengths = torch.tensor([len(s) for s in sequences])
+    width = -(-int(lengths.max()) // 8) * 8
+    rows = torch.full((len(sequences), width), value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        rows[row, : len(seq)] = torch.as_tensor(seq)
+    return rows, (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def masked_counts(labels: torch.Tensor) -> dict[str, int]:
+    """Labels in the fullest row and in the batch: the sparse last layer's sizes, known before the GPU runs."""
+    counts = (labels != -100).sum(1)
+    return {"masked_most": int(counts.max()), "masked_total": int(counts.sum())}
+
+
 class MaskedLMCollator:
     """Pads a list of sequences and masks them with `transformers`' DataCollatorForLanguageModeling.
 
@@ -245,18 +260,11 @@ class MaskedLMCollator:
         self.packed, self.eos_id, self.pad_id = packed, tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def __call__(self, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor | int]:
-        lengths = torch.tensor([len(s) for s in sequences])
-        width = -(-int(lengths.max()) // 8) * 8  # a multiple of 8 suits tensor cores
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = seq
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        input_ids, attention_mask = pad_rows(sequences, self.pad_id)
         special = torch.isin(input_ids, self.special_ids)  # padding included
         original = input_ids.clone() if self.packed else None
         input_ids, labels = self.masker.torch_mask_tokens(input_ids, special_tokens_mask=special)
-        counts = (labels != -100).sum(1)
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
-                 "masked_most": int(counts.max()), "masked_total": int(counts.sum())}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **masked_counts(labels)}
         if self.packed:  # segments of the unmasked block: masking may put a random </s> where a word was
             batch["segment_ids"], batch["position_ids"] = sentence_segments(
                 original, attention_mask, self.eos_id, self.pad_id)
@@ -304,15 +312,10 @@ class FixedMaskedSample(Dataset):
 
 def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor | int]:
     """Batch pre-masked (input_ids, labels) pairs, padded to a multiple of 8."""
-    width = -(-max(len(ids) for ids, _ in items) // 8) * 8
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(items):
-        input_ids[row, : len(ids)], labels[row, : len(ids)], attention[row, : len(ids)] = ids, lab, 1
-    counts = (labels != -100).sum(1)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
-            "masked_most": int(counts.max()), "masked_total": int(counts.sum())}
+    ids, labels = zip(*items)
+    input_ids, attention_mask = pad_rows(ids, pad_id)
+    labels, _ = pad_rows(labels, -100)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **masked_counts(labels)}
 
 
 def group_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator,

@@ -39,16 +39,23 @@ def default_tokenizer(checkpoint: str) -> str | None:
     return None
 
 
-def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | None = None) -> int:
-    """Export a checkpoint's model with its tokenizer; return the checkpoint's global step."""
+def load_checkpoint_with_tokenizer(checkpoint: str, tokenizer_path: str | None = None):
+    """(module, tokenizer, tokenizer.json path) of a checkpoint; the tokenizer defaults to the run's own
+    and must match the model's vocabulary."""
     tokenizer_path = tokenizer_path or default_tokenizer(checkpoint)
     if tokenizer_path is None:
         raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
-    tokenizer, _ = load_tokenizer(tokenizer_path)
+    tokenizer, tokenizer_file = load_tokenizer(tokenizer_path)
     module = load_module(checkpoint)
     if len(tokenizer) != module.config.vocab_size:
         raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
                          "pass the --path-to-tokenizer the run was trained with")
+    return module, tokenizer, tokenizer_file
+
+
+def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | None = None) -> int:
+    """Export a checkpoint's model with its tokenizer; return the checkpoint's global step."""
+    module, tokenizer, _ = load_checkpoint_with_tokenizer(checkpoint, tokenizer_path)
     export_model(module.model, tokenizer, output_dir)
     return module.global_step_loaded
 

@@ -15,6 +15,7 @@ import tempfile
 from common import UsageError, run_main
 from training.devices import device_type, plan_for_device
 from training.evaluation import evaluate, validation_sample
+from training.export_model import load_checkpoint_with_tokenizer
 from training.job import load_pretrained, load_tokenizer
 
 
@@ -42,18 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(args: argparse.Namespace):
-    """(model, tokenizer) from --model-dir or --checkpoint."""
+    """(model, tokenizer, tokenizer.json path) from --model-dir or --checkpoint."""
     if args.checkpoint:
-        from training.export_model import default_tokenizer, load_module
-
-        module = load_module(args.checkpoint)
-        tokenizer_path = args.path_to_tokenizer or default_tokenizer(args.checkpoint)
-        if tokenizer_path is None:
-            raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
-        tokenizer, tokenizer_file = load_tokenizer(tokenizer_path)
-        if len(tokenizer) != module.config.vocab_size:
-            raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model {module.config.vocab_size}; "
-                             "pass the --path-to-tokenizer the run was trained with")
+        module, tokenizer, tokenizer_file = load_checkpoint_with_tokenizer(args.checkpoint, args.path_to_tokenizer)
         return module.model, tokenizer, tokenizer_file
     tokenizer, tokenizer_file = load_tokenizer(args.path_to_tokenizer or args.model_dir)
     return load_pretrained(args.model_dir, tokenizer), tokenizer, tokenizer_file

@@ -6,7 +6,7 @@ from pytorch_lightning.callbacks import Callback
 from transformers import PreTrainedTokenizerBase
 
 from common import UsageError
-from training.data import TokenizedSplit
+from training.data import TokenizedSplit, pad_rows
 
 FILL_MASK_TAG = "fill_mask/samples"
 
@@ -74,14 +74,11 @@ class FillMaskSamples(Callback):
     def table(self, model: torch.nn.Module) -> str:
         """The markdown table of the watched texts and the model's predictions."""
         tok = self.tokenizer
-        width = max(len(ids) for ids, _ in self.examples)
-        ids = torch.full((len(self.examples), width), tok.pad_token_id, dtype=torch.long)
-        for row, (seq, _) in enumerate(self.examples):
-            ids[row, : len(seq)] = torch.tensor(seq)
+        ids, attention_mask = pad_rows([seq for seq, _ in self.examples], tok.pad_token_id)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        logits = model(input_ids=ids.to(device), attention_mask=(ids != tok.pad_token_id).long().to(device)).logits
+        logits = model(input_ids=ids.to(device), attention_mask=attention_mask.to(device)).logits
         model.train(was_training)
         rows = ["| text | expected | " + " | ".join(f"top {k + 1}" for k in range(self.top_k)) + " |",
                 "|---|---|" + "---|" * self.top_k]
