@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
-from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from common import UsageError
 
@@ -239,46 +239,82 @@ def masked_counts(labels: torch.Tensor) -> dict[str, int]:
     return {"masked_most": int(counts.max()), "masked_total": int(counts.sum())}
 
 
-class MaskedLMCollator:
-    """Pads a list of sequences and masks them with `transformers`' DataCollatorForLanguageModeling.
+def mask_key(*parts: int) -> int:
+    """A generator seed mixed from integers (seed, stream, epoch, index...). 32 bits: torch seeds its CPU
+    generator from the low 32 bits only, so packing the parts side by side would drop all but the last."""
+    return int(np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1)[0])
 
-    RoBERTa's rule: `mlm_probability` of the non-special tokens are chosen; of those 80% become
-    <mask>, 10% a random token, 10% stay; labels are -100 everywhere else. The library's masking
-    (`torch_mask_tokens`) draws the masks; the padding, the attention mask and the special-token mask
-    (one `torch.isin` instead of the library's per-row Python loop, 13x faster) are built here. With
-    `packed`, adds the sentence segments and positions of packed blocks (see `sentence_segments`).
+
+TRAIN_MASKS, VALIDATION_MASKS = 1, 2  # mask_key streams: training never reuses a validation mask
+
+
+class MaskedLMCollator:
+    """Pads sequences and masks them by RoBERTa's rule, each sequence with its own keyed generator.
+
+    The rule (BERT's, as `transformers`' DataCollatorForLanguageModeling applies it): `mlm_probability`
+    of the non-special tokens are chosen; of those 80% become <mask>, 10% a random token, 10% stay;
+    labels are -100 everywhere else. The library draws one batch from one generator, so its masks
+    depend on which sequences share a batch, on the worker and on the generator's history; here each
+    sequence's draws come from a generator seeded by its key (seed, epoch, sample index), so a resumed
+    run, any number of workers and any number of ranks mask every sample exactly alike, with no random
+    state to save. Items are (key, sequence) pairs; plain sequences get keys from `seed` and a call count.
+    With `packed`, adds the sentence segments and positions of packed blocks (see `sentence_segments`).
     `masked_most` and `masked_total` (labels in the fullest row, in the batch) let the model size its
     sparse last layer without reading them back from the GPU.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int | None = None,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int = 0,
                  packed: bool = False) -> None:
-        self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
-        if seed is not None:  # our own generator: the library re-creates its seeded one in every process
-            self.masker.generator = torch.Generator().manual_seed(seed)
+        self.mlm_probability, self.seed, self.packed, self.calls = mlm_probability, seed, packed, 0
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-        self.packed, self.eos_id, self.pad_id = packed, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.eos_id, self.pad_id, self.mask_id = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
 
-    def __call__(self, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor | int]:
+    def mask(self, input_ids: torch.Tensor, lengths: list[int], keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input_ids, labels) of padded rows, row r drawn from a generator seeded by keys[r]."""
+        draws = torch.ones(4, *input_ids.shape)  # 1 where padding: never chosen
+        for row, (length, key) in enumerate(zip(lengths, keys)):
+            draws[:, row, :length] = torch.rand(4, length, generator=torch.Generator().manual_seed(key))
+        chosen = (draws[0] < self.mlm_probability) & ~torch.isin(input_ids, self.special_ids)
+        labels = torch.where(chosen, input_ids, -100)
+        to_mask = chosen & (draws[1] < 0.8)
+        to_random = chosen & ~to_mask & (draws[2] < 0.5)
+        random_ids = (draws[3] * self.vocab_size).long().clamp_(max=self.vocab_size - 1)
+        masked = torch.where(to_mask, self.mask_id, torch.where(to_random, random_ids, input_ids))
+        return masked, labels
+
+    def __call__(self, items: list) -> dict[str, torch.Tensor | int]:
+        if isinstance(items[0], tuple):
+            keys, sequences = zip(*items)
+        else:
+            self.calls += 1
+            keys, sequences = [mask_key(self.seed, 0, self.calls, r) for r in range(len(items))], items
         input_ids, attention_mask = pad_rows(sequences, self.pad_id)
-        special = torch.isin(input_ids, self.special_ids)  # padding included
-        original = input_ids.clone() if self.packed else None
-        input_ids, labels = self.masker.torch_mask_tokens(input_ids, special_tokens_mask=special)
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **masked_counts(labels)}
+        masked, labels = self.mask(input_ids, [len(s) for s in sequences], list(keys))
+        batch = {"input_ids": masked, "labels": labels, "attention_mask": attention_mask, **masked_counts(labels)}
         if self.packed:  # segments of the unmasked block: masking may put a random </s> where a word was
             batch["segment_ids"], batch["position_ids"] = sentence_segments(
-                original, attention_mask, self.eos_id, self.pad_id)
+                input_ids, attention_mask, self.eos_id, self.pad_id)
         return batch
 
     def mask_fixed(self, sequence: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels) of one sequence, masked by the same rule with a generator seeded by `key`."""
-        ids = sequence[None].clone()
-        generator, self.masker.generator = self.masker.generator, torch.Generator().manual_seed(key)
-        try:
-            ids, labels = self.masker.torch_mask_tokens(ids, special_tokens_mask=torch.isin(ids, self.special_ids))
-        finally:
-            self.masker.generator = generator
+        ids, labels = self.mask(torch.as_tensor(sequence)[None], [len(sequence)], [key])
         return ids[0], labels[0]
+
+
+class KeyedSamples(Dataset):
+    """The training set served as (mask key, sequence), for indices (epoch, i) from ResumableSampler."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: tuple[int, int]) -> tuple[int, torch.Tensor]:
+        epoch, i = index
+        return mask_key(self.seed, TRAIN_MASKS, epoch, i), self.dataset[i]
 
 
 class FixedMaskedSample(Dataset):
@@ -307,7 +343,7 @@ class FixedMaskedSample(Dataset):
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = int(self.indices[j])
-        return self.collator.mask_fixed(self.sentences[i], ((self.seed % 2**23) << 40) | i)
+        return self.collator.mask_fixed(self.sentences[i], mask_key(self.seed, VALIDATION_MASKS, i))
 
 
 def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor | int]:
@@ -338,12 +374,14 @@ class ResumableSampler(Sampler[int]):
     With `lengths` and `batch_size`, each global batch (batch size x ranks) holds sequences of
     similar length, so dynamic padding wastes little; the batches themselves stay in random order.
     The order is a numpy array of 32-bit indices, yielded one by one: 20M sentences cost 80 MB, not a
-    Python list of 20M integers.
+    Python list of 20M integers. With `with_epoch`, yields (epoch, index) pairs (see KeyedSamples).
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 epoch: int = 0, skip: int = 0, lengths: np.ndarray | None = None, batch_size: int = 1) -> None:
+                 epoch: int = 0, skip: int = 0, lengths: np.ndarray | None = None, batch_size: int = 1,
+                 with_epoch: bool = False) -> None:
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.with_epoch = with_epoch
         self.epoch, self.skip, self.lengths, self.batch_size = epoch, skip, lengths, batch_size
         self.per_rank = -(-n // world_size) if shuffle else len(range(rank, n, world_size))
 
@@ -361,6 +399,8 @@ class ResumableSampler(Sampler[int]):
                 order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
         mine = order[self.rank :: self.world_size]
         skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
+        if self.with_epoch:
+            return zip(itertools.repeat(self.epoch), map(int, mine[skip:]))
         return map(int, mine[skip:])
 
     def __len__(self) -> int:
@@ -425,11 +465,12 @@ class MaskedLMDataModule(pl.LightningDataModule):
         rank, world = self._rank()
         lengths = None if self.packing else self.train_set.split.lengths()  # for grouping by length
         sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch=epoch,
-                                   skip=batches_done * self.batch_size, lengths=lengths, batch_size=self.batch_size)
+                                   skip=batches_done * self.batch_size, lengths=lengths, batch_size=self.batch_size,
+                                   with_epoch=True)
         if sampler.skip >= len(sampler):  # stopped right at the end of an epoch: the next one starts afresh
             sampler.epoch, sampler.skip = epoch + 1, 0
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+            KeyedSamples(self.train_set, self.seed), batch_size=self.batch_size, sampler=sampler, drop_last=False,
             collate_fn=self.train_collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )

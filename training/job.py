@@ -20,12 +20,15 @@ from training.data import MaskedLMDataModule, file_sha256
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
+from training.schedule import SCHEDULES
 from training.devices import apply_plan, check_strategy, device_type, plan_for_device
 from training.trainer_setup import build_trainer
 from training.watch import FillMaskSamples, log_token_embeddings, read_watch_texts
 
 log = logging.getLogger("training")
 # What must match for a checkpoint to be resumed into the current run.
+DEFAULT_MAX_STEPS = 1000
+DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "linear", 0.06  # chosen by measurement: see the README's schedule table
 RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing",
                 "vocab_size", "tokenizer_sha256")
 
@@ -43,7 +46,7 @@ class TrainingConfig:
     num_heads: int | None = None
     dropout: float = 0.0
     attention: str = "auto"
-    max_steps: int = 1000
+    max_steps: int | None = None  # None: DEFAULT_MAX_STEPS, or no limit when max_time is given
     max_time: str | None = None
     batch_size: int = 32
     max_seq_length: int = 128
@@ -52,7 +55,11 @@ class TrainingConfig:
     attend_across_sentences: bool = False
     lr: float = 5e-4
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    lr_schedule: str = DEFAULT_SCHEDULE
+    warmup_ratio: float | None = None  # None: DEFAULT_WARMUP_RATIO unless warmup_steps is given
+    warmup_steps: int | None = None
+    decay_ratio: float = 0.2
+    accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
     max_bad_steps: int = 10
     seed: int = 42
@@ -80,7 +87,13 @@ def validate_config(cfg: TrainingConfig) -> None:
     checks = [
         (cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-        (cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
+        (cfg.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}"),
+        (cfg.warmup_steps is None or cfg.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {cfg.warmup_steps}"),
+        (cfg.warmup_steps is None or cfg.warmup_ratio is None, "give --warmup-ratio or --warmup-steps, not both"),
+        (0 < cfg.decay_ratio <= 1, f"--decay-ratio must be in (0, 1], got {cfg.decay_ratio}"),
+        (cfg.accumulate_grad_batches >= 1,
+         f"--accumulate-grad-batches must be at least 1, got {cfg.accumulate_grad_batches}"),
         (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
         (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
@@ -90,7 +103,7 @@ def validate_config(cfg: TrainingConfig) -> None:
          "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
         (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
-        (0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
+        (cfg.warmup_ratio is None or 0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
         (cfg.max_val_sentences >= 0, f"--max-val-sentences must be 0 (all) or more, got {cfg.max_val_sentences}"),
         (cfg.fill_mask_samples >= 0 and cfg.log_embeddings >= 0,
@@ -107,6 +120,17 @@ def validate_config(cfg: TrainingConfig) -> None:
     heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
     if hidden % heads:
         raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+
+
+def step_budget(cfg: TrainingConfig) -> int | None:
+    """--max-steps as given; if not: no limit under --max-time (the clock ends the run), else 1000."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return None if cfg.max_time else DEFAULT_MAX_STEPS
+
+
+def warmup_ratio(cfg: TrainingConfig) -> float:
+    return cfg.warmup_ratio if cfg.warmup_ratio is not None else DEFAULT_WARMUP_RATIO
 
 
 def local_processes(devices: str | int) -> int:
@@ -252,6 +276,12 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
+    max_steps, max_time = step_budget(cfg), parse_max_time(cfg.max_time)
+    effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * local_processes(cfg.devices) * cfg.num_nodes
+    log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d devices x %d nodes)",
+             cfg.lr_schedule, " or ".join(x for x in (max_steps and f"{max_steps} steps",
+                                                      max_time and f"{max_time.total_seconds():.0f} s of training") if x),
+             effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, local_processes(cfg.devices), cfg.num_nodes)
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
@@ -265,18 +295,22 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     module = MaskedLMModule(
         vocab_size=len(tokenizer), model_size=cfg.model_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
         num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-        max_steps=cfg.max_steps, max_bad_steps=cfg.max_bad_steps,
+        eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=warmup_ratio(cfg),
+        max_steps=max_steps, max_bad_steps=cfg.max_bad_steps, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+        decay_ratio=cfg.decay_ratio, max_seconds=max_time.total_seconds() if max_time else None,
+        masked_per_batch=cfg.batch_size * cfg.max_seq_length * cfg.mlm_probability, seed=cfg.seed,
         config_dict=pretrained.config.to_dict() if pretrained is not None else None, compile=cfg.compile,
         dropout=cfg.dropout, attention=plan.attention, fused_adamw=plan.fused_adamw,
         check_every_n_steps=plan.check_every_n_steps,
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
+    module.elapsed_seconds = lambda: clock.budget_seconds
     trainer, clock, stopper = build_trainer(
-        cfg.job_dir, plan, cfg.max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
-        cfg.devices, cfg.strategy, cfg.num_nodes, parse_max_time(cfg.max_time), cfg.log_every_n_steps,
-        cfg.gradient_clip_val, cfg.progress, purge_step=_checkpoint_step(resume_from) if resume_from else None,
+        cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
+        cfg.devices, cfg.strategy, cfg.num_nodes, max_time, cfg.log_every_n_steps,
+        cfg.gradient_clip_val, cfg.accumulate_grad_batches, cfg.progress,
+        purge_step=_checkpoint_step(resume_from) if resume_from else None,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
         extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
         if watch_texts or cfg.fill_mask_samples else [],
@@ -306,10 +340,11 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         if cfg.log_embeddings:
             log_token_embeddings(module.model, tokenizer, datamodule.train_split, cfg.log_embeddings,
                                  trainer.logger.experiment, trainer.global_step)
-        training = {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "max_seq_length", "packing",
-                                                 "attend_across_sentences",
-                                                 "mlm_probability", "lr", "warmup_ratio", "weight_decay", "dropout",
-                                                 "seed")}
+        training = {k: getattr(cfg, k) for k in ("batch_size", "accumulate_grad_batches", "max_seq_length", "packing",
+                                                 "attend_across_sentences", "mlm_probability", "lr", "lr_schedule",
+                                                 "warmup_steps", "decay_ratio", "weight_decay", "dropout", "seed")}
+        training.update(max_steps=max_steps, max_time=cfg.max_time, warmup_ratio=None if cfg.warmup_steps is not None
+                        else warmup_ratio(cfg), effective_batch_size=effective_batch)
         training["attention"] = module.model.config._attn_implementation
         training["precision"] = trainer.precision
         trainer.logger.log_hyperparams(training | identity, {f"hparams/{k}": v for k, v in metrics.items()

@@ -4,10 +4,12 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from transformers import RobertaConfig, RobertaForMaskedLM, get_linear_schedule_with_warmup
+from transformers import RobertaConfig, RobertaForMaskedLM
 
 from common import PipelineError
+from training.data import mask_key
 from training.devices import default_attention
+from training.schedule import Schedule
 
 
 class NonFiniteLossError(PipelineError):
@@ -126,17 +128,22 @@ class MaskedLMModule(pl.LightningModule):
     def __init__(
         self, vocab_size: int, model_size: str = "base", hidden_size: int | None = None, num_layers: int | None = None,
         num_heads: int | None = None, pad_token_id: int = 1, bos_token_id: int = 0, eos_token_id: int = 2,
-        lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int = 1000,
+        lr: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_steps: int | None = 1000,
         adam_betas: tuple[float, float] = (0.9, 0.98), adam_eps: float = 1e-6, max_bad_steps: int = 10,
         config_dict: dict | None = None, compile: bool = False, dropout: float | None = 0.0, attention: str = "auto",
-        fused_adamw: bool = False, check_every_n_steps: int = 1,
+        fused_adamw: bool = False, check_every_n_steps: int = 1, lr_schedule: str = "linear",
+        warmup_steps: int | None = None, decay_ratio: float = 0.2, max_seconds: float | None = None,
+        masked_per_batch: float = 600.0, seed: int = 42,
     ) -> None:
         """A fresh RoBERTa of the given size, or, with `config_dict`, of that exact configuration
         (continued pretraining: the caller then loads the pretrained weights). `dropout` replaces the
         config's hidden and attention dropout (None keeps them); `attention` is sdpa, eager or auto.
         `fused_adamw` and `check_every_n_steps` come from the device plan (training/devices.py): the
         fused optimizer skips non-finite steps on the device, and the host reads the count of such steps
-        back every `check_every_n_steps`."""
+        back every `check_every_n_steps`. The learning rate follows `Schedule` over `max_steps` and/or
+        `max_seconds` of training, read from `elapsed_seconds` (set by the trainer's clock). Gradients are
+        the mean over every masked token of the optimizer step, whatever the accumulation and the ranks;
+        `masked_per_batch` (about the labels in a batch) only sets the scale of the backward pass."""
         super().__init__()
         self.save_hyperparameters()
         self.config = RobertaConfig.from_dict(config_dict) if config_dict else build_config(
@@ -152,9 +159,11 @@ class MaskedLMModule(pl.LightningModule):
                 layer.compile()
         self._val_sums: torch.Tensor | None = None
         self._resumed_epoch: int | None = None
-        self._step_loss: torch.Tensor | None = None
         self._bad: torch.Tensor | None = None  # on the device: steps skipped, current run, longest run
         self.skipped_steps = 0
+        self._window_masked: torch.Tensor | None = None  # labels in this optimizer step's batches so far
+        self._window_bad: torch.Tensor | None = None
+        self.elapsed_seconds = lambda: 0.0  # training seconds so far, the same on every rank (TrainingClock)
         self.last_validated_step = -1
         self.total_train_tokens = 0  # over all ranks, set when training ends
         self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
@@ -175,19 +184,29 @@ class MaskedLMModule(pl.LightningModule):
         self._resumed_epoch = data.get("epoch")
         self.batches_this_epoch = data.get("batches", 0)
 
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Dropout (if any) draws from a generator keyed by the seed, rank and batch: a resumed run draws
+        # the same, with no random state to save (the masks are keyed by sample, see MaskedLMCollator).
+        torch.manual_seed(mask_key(self.hparams.seed, self.global_rank, self.trainer.current_epoch,
+                                   self.batches_this_epoch))
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_this_epoch += 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           batch.get("segment_ids"), batch.get("position_ids"),
                                           batch.get("masked_most"), batch.get("masked_total"))
-        self._step_loss = loss.detach()
+        bad = ~torch.isfinite(loss.detach())
+        first = self._window_masked is None
+        self._window_masked = n.double() if first else self._window_masked + n
+        self._window_bad = bad if first else self._window_bad | bad
         self.train_tokens += batch["attention_mask"].sum()
         self.train_masked += n
         self.train_samples += batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mlm_accuracy", correct / n.clamp(min=1))
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
-        return loss
+        # A sum over this batch's labels; configure_gradient_clipping divides by all the step's labels.
+        return loss * n / self.hparams.masked_per_batch
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -201,19 +220,27 @@ class MaskedLMModule(pl.LightningModule):
         free on a CPU; a 16-mixed scaler reads its own flag anyway).
         """
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        masked, loss_bad, self._window_masked, self._window_bad = self._window_masked, self._window_bad, None, None
         if not params:
             return
         grads = [p.grad for p in params]
+        # Lightning divided each batch's sum by the batches accumulated, DDP averaged over ranks: undo both
+        # and divide by the labels of the whole step, so K batches of B equal one of K x B, and n ranks one.
+        world = self.trainer.world_size if torch.distributed.is_initialized() else 1
+        if world > 1:
+            torch.distributed.all_reduce(masked)
+        scale = self.hparams.masked_per_batch * self.trainer.accumulate_grad_batches * world / masked.clamp(min=1)
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         if gradient_clip_val:
             norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        bad = ~torch.isfinite(self._step_loss)
+        bad = loss_bad
         if scaler is None:  # with a scaler, overflowing gradients are its business: it skips and lowers the scale
             bad = bad | ~torch.isfinite(norm)
         bad = bad.float()
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+        if world > 1:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank skips together
         if self._bad is None:
             self._bad = torch.zeros(3, device=bad.device)
@@ -270,7 +297,9 @@ class MaskedLMModule(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.adam_betas, eps=hp.adam_eps,
                                       fused=hp.fused_adamw or None)
-        scheduler = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_ratio * hp.max_steps), hp.max_steps)
+        schedule = Schedule(hp.lr_schedule, hp.max_steps, hp.max_seconds, hp.warmup_ratio, hp.warmup_steps,
+                            hp.decay_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, self.elapsed_seconds()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -12,8 +12,9 @@ import logging
 import sys
 
 from common import run_main
-from training.job import TrainingConfig, train
+from training.job import DEFAULT_MAX_STEPS, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO, TrainingConfig, train
 from training.model import MODEL_SIZES
+from training.schedule import SCHEDULES, WARMUP_CAP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention implementation: auto = PyTorch SDPA on GPUs, eager on CPUs (measured faster there "
                         "for short sequences) (default: %(default)s)")
     t = p.add_argument_group("training")
-    t.add_argument("--max-steps", type=int, default=1000, help="optimizer steps to train for (default: %(default)s)")
-    t.add_argument("--max-time", help="wall-clock budget, seconds or DD:HH:MM:SS; stops cleanly, then validates and exports")
+    t.add_argument("--max-steps", type=int,
+                   help=f"optimizer steps to train for (default: {DEFAULT_MAX_STEPS}; with --max-time, no limit)")
+    t.add_argument("--max-time",
+                   help="training-time budget, seconds or DD:HH:MM:SS: the learning-rate schedule is laid out over it "
+                        "(with --max-steps too, over whichever ends first) and the run stops cleanly when it is spent, "
+                        "then validates and exports; start-up and validations are not counted; kept across resumes")
     t.add_argument("--batch-size", type=int, default=32, help="sequences per device and step (default: %(default)s)")
     t.add_argument("--max-seq-length", type=int, default=128,
                    help="tokens per sequence, <s> and </s> included, at most 512 (default: %(default)s)")
@@ -60,8 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay, not applied to biases and LayerNorm (default: %(default)s)")
-    t.add_argument("--warmup-ratio", type=float, default=0.06,
-                   help="share of --max-steps with linear warmup, then linear decay to 0 (default: %(default)s)")
+    t.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
+                   help="after warmup: linear or cosine decay to 0 at the end of the budget, wsd (warmup, stable, "
+                        "then linear decay over the last --decay-ratio), or constant (default: %(default)s, the best "
+                        "at 150 s and 600 s in the README's measurements)")
+    t.add_argument("--warmup-ratio", type=float,
+                   help=f"share of the budget (--max-steps or --max-time) with linear warmup (default: {DEFAULT_WARMUP_RATIO})")
+    t.add_argument("--warmup-steps", type=int,
+                   help=f"linear warmup over this many steps instead, but at most {WARMUP_CAP * 100:.0f}%% of the budget")
+    t.add_argument("--decay-ratio", type=float, default=0.2,
+                   help="wsd: share of the budget at the end over which the rate decays to 0 (default: %(default)s)")
+    t.add_argument("--accumulate-grad-batches", type=int, default=1, metavar="K",
+                   help="add up the gradients of K batches per optimizer step: an effective batch of --batch-size x K x "
+                        "devices x nodes sequences; the schedule counts optimizer steps (default: %(default)s)")
     t.add_argument("--gradient-clip-val", type=float, default=1.0, help="clip gradient norm; 0 = off (default: %(default)s)")
     t.add_argument("--max-bad-steps", type=int, default=10,
                    help="stop after this many consecutive steps with a NaN/inf loss (each is skipped) (default: %(default)s)")

@@ -39,8 +39,9 @@ class GracefulStop(Callback):
     def __init__(self, checkpoint_path: str) -> None:
         self.checkpoint_path = checkpoint_path
         self.received: int | None = None
-        self._sigint = False
+        self._sigint = self._sigterm_held = False
         self._previous_sigint: Any = None
+        self._last_step = -1
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._sigint:  # a second Ctrl+C: stop waiting for the step to end
@@ -51,6 +52,9 @@ class GracefulStop(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+
     def _save(self, trainer: pl.Trainer, signum: int) -> None:
         self.received = signum
         trainer.save_checkpoint(self.checkpoint_path)
@@ -58,7 +62,14 @@ class GracefulStop(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._sigint and self.received is None:
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        if trainer.received_sigterm and not stepped:
+            # mid-way through accumulating a step: hold Lightning's SIGTERM back until the optimizer has
+            # stepped, so that the checkpoint never lacks gradients that its data position counts as done
+            trainer._signal_connector.received_sigterm, self._sigterm_held = False, True
+        if self._sigterm_held and stepped:
+            trainer._signal_connector.received_sigterm = True  # Lightning raises after this hook
+        if self._sigint and self.received is None and stepped:
             self._save(trainer, signal.SIGINT)
             trainer.should_stop = True
 
@@ -73,11 +84,18 @@ class GracefulStop(Callback):
 
 
 class TrainingClock(Callback):
-    """Seconds spent in training steps (validation excluded), kept across resumes; logs tokens/s, and
-    on GPUs the model FLOPs utilisation (MFU) at the masking rate measured over the interval."""
+    """Seconds spent in training steps (validation excluded), kept across resumes; stops the run when
+    they reach `max_seconds` (--max-time); logs tokens/s, and on GPUs the model FLOPs utilisation (MFU)
+    at the masking rate measured over the interval.
+
+    `budget_seconds` is what the learning-rate schedule and the stop read: the live clock on one
+    process; with several, rank 0's clock, broadcast every `sync_every_n_steps` optimizer steps, so that
+    every rank sets the same rate and stops at the same step.
+    """
 
     def __init__(self, log_every_n_steps: int, config: RobertaConfig | None = None, seq_len: int = 128,
-                 peak_tflops: float | None = None, started: float | None = None) -> None:
+                 peak_tflops: float | None = None, started: float | None = None, max_seconds: float | None = None,
+                 sync_every_n_steps: int = 1) -> None:
         self.started = started if started is not None else time.perf_counter()  # the run's start, for the log
         self._first_step_logged = False
         self._validation_started: float | None = None
@@ -88,6 +106,12 @@ class TrainingClock(Callback):
         self._running_since: float | None = None
         self._session_seconds = 0.0
         self._last_log: tuple[float, int, int, int] | None = None
+        self.max_seconds, self.sync_every_n_steps = max_seconds, sync_every_n_steps
+        self._world_size, self._synced, self._last_step = 1, 0.0, -1
+
+    @property
+    def budget_seconds(self) -> float:
+        return self.seconds if self._world_size == 1 else self._synced
 
     @property
     def seconds(self) -> float:
@@ -107,10 +131,17 @@ class TrainingClock(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        if stepped and self._world_size > 1 and trainer.global_step % self.sync_every_n_steps == 0:
+            self._synced = trainer.strategy.broadcast(self.seconds, src=0)
+        if stepped and self.max_seconds is not None and self.budget_seconds >= self.max_seconds:
+            if not trainer.should_stop and trainer.is_global_zero:
+                log.info("--max-time: %.0f s of training reached at step %d", self.max_seconds, trainer.global_step)
+            trainer.should_stop = True
         if not self._first_step_logged and trainer.is_global_zero:
             self._first_step_logged = True
             log.info("first optimizer step done %.1f s after start", time.perf_counter() - self.started)
-        if trainer.global_step % self.log_every_n_steps or self._last_log is None:
+        if not stepped or trainer.global_step % self.log_every_n_steps or self._last_log is None:
             return
         now, tokens, samples, masked = current = self._counters(pl_module)
         then, tokens_then, samples_then, masked_then = self._last_log
@@ -135,6 +166,7 @@ class TrainingClock(Callback):
         return self.seconds, tokens, samples, masked
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._world_size, self._synced, self._last_step = trainer.world_size, self.prior_seconds, trainer.global_step
         self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -154,19 +186,22 @@ class TrainingClock(Callback):
         return {"seconds": self.seconds}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        self.prior_seconds = state_dict.get("seconds", 0.0)
+        self.prior_seconds = self._synced = state_dict.get("seconds", 0.0)
 
 
 def build_trainer(
     job_dir: str, plan: DevicePlan, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
     accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
     max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
+    accumulate_grad_batches: int = 1,
     progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
     peak_tflops: float | None = None, started: float | None = None, extra_callbacks: list[Callback] | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
     """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
-    MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`."""
-    clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started)
+    MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`. `max_time`
+    is kept by the TrainingClock, not Lightning's Timer: the schedule and the stop read the same seconds."""
+    clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started,
+                          max_time.total_seconds() if max_time else None, plan.check_every_n_steps)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
@@ -180,7 +215,7 @@ def build_trainer(
                                purge_step=purge_step)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-        precision=plan.precision, max_steps=max_steps, max_time=max_time,
+        precision=plan.precision, max_steps=max_steps if max_steps else -1, accumulate_grad_batches=accumulate_grad_batches,
         max_epochs=-1, val_check_interval=validate_every_n_steps, check_val_every_n_epoch=None,
         log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
         callbacks=callbacks, logger=logger, enable_progress_bar=progress,
