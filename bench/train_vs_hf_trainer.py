@@ -137,6 +137,7 @@ def main() -> None:
                    help="training budgets; each is a separate comparison (default: %(default)s)")
     p.add_argument("--try", dest="try_flags", nargs="*", default=[], metavar="FLAGS",
                    help='more (a) runs, each with these run_training.py flags, e.g. "--lr-schedule wsd"')
+    p.add_argument("--skip-trainer", action="store_true", help="only (a) and its --try variants (a schedule sweep)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42)
@@ -175,6 +176,8 @@ def compare(corpus: str, tokenizer: str, seconds: float, args: argparse.Namespac
     for i, variant in enumerate(args.try_flags):
         results[f"a+ {variant}"] = run_project(f"a{i}", corpus, tokenizer, seconds, args, shlex.split(variant))
     for kind, name in (("b1", "b1 (Trainer, line by line)"), ("b2", "b2 (Trainer, 128-token groups)")):
+        if args.skip_trainer:
+            break
         out = subprocess.run([sys.executable, __file__, "--hf", kind, "--corpus-dir", corpus, "--tokenizer", tokenizer,
                               "--seconds", str(seconds), "--batch-size", str(args.batch_size), "--lr",
                               str(args.lr), "--seed", str(args.seed), "--workdir", args.workdir],
@@ -186,6 +189,8 @@ def compare(corpus: str, tokenizer: str, seconds: float, args: argparse.Namespac
     print(f"\n== budget {seconds:g} s ==\n{'run':<40}{'steps':>7}{'seconds':>9}{'tokens/s':>11}{'val loss':>10}")
     for name, r in results.items():
         print(f"{name:<40}{r['steps']:>7}{r['seconds']:>9.1f}{r['tokens_per_second']:>11,.0f}{r['val_loss']:>10.3f}")
+    if args.skip_trainer:
+        return
     a, b1, b2 = (results[k] for k in list(results)[:1] + ["b1 (Trainer, line by line)", "b2 (Trainer, 128-token groups)"])
     with open(os.path.join(a["model"], "README.md")) as f:  # the model card lists what (a) ran with
         chosen = [line[2:].strip() for line in f

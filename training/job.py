@@ -28,7 +28,7 @@ from training.watch import FillMaskSamples, log_token_embeddings, read_watch_tex
 log = logging.getLogger("training")
 # What must match for a checkpoint to be resumed into the current run.
 DEFAULT_MAX_STEPS = 1000
-DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "linear", 0.06  # chosen by measurement: see the README's schedule table
+DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see the README's schedule table
 RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing",
                 "vocab_size", "tokenizer_sha256")
 

@@ -151,14 +151,13 @@ class MaskedLMModule(pl.LightningModule):
         if dropout is not None:
             self.config.hidden_dropout_prob = self.config.attention_probs_dropout_prob = dropout
         self.model = RobertaForMaskedLM(self.config)
-        self.register_buffer("train_tokens", torch.zeros((), dtype=torch.long))  # non-pad tokens seen; checkpointed
-        self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))
-        self.register_buffer("train_masked", torch.zeros((), dtype=torch.long))  # labelled tokens, for MFU
+        # Non-pad tokens, samples and labelled tokens (for MFU) this rank has trained on, checkpointed. Not a
+        # buffer: DDP copies rank 0's buffers over the other ranks' at every step.
+        self.seen = torch.zeros(3, dtype=torch.long)
         if compile:  # in place, so the state dict keeps its plain names; the sparse last layer stays eager
             for layer in self.model.roberta.encoder.layer[:-1]:
                 layer.compile()
         self._val_sums: torch.Tensor | None = None
-        self._resumed_epoch: int | None = None
         self._bad: torch.Tensor | None = None  # on the device: steps skipped, current run, longest run
         self.skipped_steps = 0
         self._window_masked: torch.Tensor | None = None  # labels in this optimizer step's batches so far
@@ -174,24 +173,24 @@ class MaskedLMModule(pl.LightningModule):
         self.model.set_attn_implementation(default_attention(device.type) if self.hparams.attention == "auto"
                                            else self.hparams.attention)
 
-    def on_train_epoch_start(self) -> None:
-        if self.trainer.current_epoch != self._resumed_epoch:
-            self.batches_this_epoch = 0
-        self._resumed_epoch = None
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["seen"] = self.seen.tolist()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        old = [checkpoint["state_dict"].pop(f"train_{k}", 0) for k in ("tokens", "samples", "masked")]  # 2025 buffers
+        self.seen = torch.tensor(checkpoint.get("seen", [int(x) for x in old]), dtype=torch.long)
         data = checkpoint.get("MaskedLMDataModule", {})  # Lightning stores the datamodule's state by class name
-        self._resumed_epoch = data.get("epoch")
-        self.batches_this_epoch = data.get("batches", 0)
+        self.batches_this_epoch = data.get("batches", 0)  # until the first step, should a checkpoint come first
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Dropout (if any) draws from a generator keyed by the seed, rank and batch: a resumed run draws
         # the same, with no random state to save (the masks are keyed by sample, see MaskedLMCollator).
-        torch.manual_seed(mask_key(self.hparams.seed, self.global_rank, self.trainer.current_epoch,
-                                   self.batches_this_epoch))
+        torch.manual_seed(mask_key(self.hparams.seed, self.global_rank, self.trainer.current_epoch, batch_idx))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self.batches_this_epoch += 1
+        # Lightning's batch_idx counts on across a mid-epoch resume and restarts at 0 in the epoch after
+        # one that ended right at the checkpoint (a hook-driven counter missed that reset and skipped data).
+        self.batches_this_epoch = batch_idx + 1
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           batch.get("segment_ids"), batch.get("position_ids"),
                                           batch.get("masked_most"), batch.get("masked_total"))
@@ -199,9 +198,11 @@ class MaskedLMModule(pl.LightningModule):
         first = self._window_masked is None
         self._window_masked = n.double() if first else self._window_masked + n
         self._window_bad = bad if first else self._window_bad | bad
-        self.train_tokens += batch["attention_mask"].sum()
-        self.train_masked += n
-        self.train_samples += batch["input_ids"].shape[0]
+        if self.seen.device != n.device:
+            self.seen = self.seen.to(n.device)
+        self.seen[0] += batch["attention_mask"].sum()
+        self.seen[1] += len(batch["input_ids"])
+        self.seen[2] += n
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mlm_accuracy", correct / n.clamp(min=1))
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
@@ -266,7 +267,7 @@ class MaskedLMModule(pl.LightningModule):
             )
 
     def on_train_end(self) -> None:
-        self.total_train_tokens = int(self.trainer.strategy.reduce(self.train_tokens.double(), reduce_op="sum"))
+        self.total_train_tokens = int(self.trainer.strategy.reduce(self.seen[0].double(), reduce_op="sum"))
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)

@@ -161,8 +161,7 @@ class TrainingClock(Callback):
 
     def _counters(self, pl_module: pl.LightningModule) -> tuple[float, int, int, int]:
         """(seconds, tokens, samples, masked tokens), read back from the device in one transfer."""
-        tokens, samples, masked = torch.stack(
-            [pl_module.train_tokens, pl_module.train_samples, pl_module.train_masked]).tolist()
+        tokens, samples, masked = pl_module.seen.tolist()
         return self.seconds, tokens, samples, masked
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
