@@ -59,6 +59,8 @@ def test_probe_compares_pretrained_with_random_init(tmp_path, pipeline_run, samp
     assert metrics["labels"] == 5 and metrics["test_examples"] > 10
     for name in ("pretrained", "random_init"):
         assert 0 <= metrics[name]["accuracy"] <= 1 and 0 <= metrics[name]["macro_f1"] <= 1
+    # two different encoders were probed (the same weights twice would give the same numbers)
+    assert metrics["pretrained"]["loss"] != metrics["random_init"]["loss"] > 0
     card = (model_dir / "README.md").read_text()
     assert "## Downstream probe" in card and str(metrics["pretrained"]["accuracy"]) in card
 

@@ -51,6 +51,24 @@ def test_split_depends_on_the_sentence_only():
     assert 0.08 < sum(sides) / len(sides) < 0.12
 
 
+def test_step_1_splits_by_sentence_whatever_the_file_order_position_and_processes(tmp_path):
+    titles = [f"Organic Cotton Swaddle {i} &amp; Hat" for i in range(3000)]
+    forward = tmp_path / "forward.jsonl"
+    forward.write_text("".join(json.dumps({"title": t}) + "\n" for t in titles))
+    # other sentences first, then the same ones backwards: every sentence moves to another position
+    shifted = tmp_path / "shifted.jsonl"
+    shifted.write_text("".join(json.dumps({"title": t}) + "\n" for t in [f"Other {i}" for i in range(777)]
+                               + titles[::-1]))
+    sides = []
+    for name, source, extra in (("a", forward, {}), ("b", shifted, {}), ("c", forward, {"num_proc": 2})):
+        out, _ = corpus(tmp_path, str(source), name, text_columns=["title"], **extra)
+        val = set(read_split(out, "validation"))
+        sides.append({t: t in val for t in read_split(out, "train") + read_split(out, "validation")
+                      if t.startswith("Organic")})
+    assert len(sides[0]) == 3000 and sides[0] == sides[1] == sides[2]
+    assert 0.08 < sum(sides[0].values()) / 3000 < 0.12
+
+
 def test_last_partial_shard_is_written_and_manifest_counts(tmp_path, sample_tsv):
     out, manifest = corpus(tmp_path, sample_tsv, lines_per_shard=50)
     shards = manifest["splits"]["train"]["shards"]

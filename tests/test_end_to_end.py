@@ -42,6 +42,27 @@ def test_exported_model_loads_in_fill_mask_pipeline(pipeline_run):
     assert result.stdout.count("Soft") >= 3  # the input and two filled sentences
 
 
+def test_the_export_holds_the_trained_weights(pipeline_run):
+    import torch
+    from safetensors.torch import load_file
+
+    job = pipeline_run["job"]
+    checkpoint = torch.load(os.path.join(job, "checkpoints", "last.ckpt"), weights_only=False)
+    assert checkpoint["global_step"] == pipeline_run["final_metrics"]["global_step"] == 40
+    exported = load_file(os.path.join(job, "model", "model.safetensors"))
+    trained = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    assert len(exported) > 10 and set(exported) <= set(trained)
+    for name, tensor in exported.items():
+        assert torch.equal(tensor.float(), trained[name].float()), name
+    # and they are trained: far from a fresh initialisation of the same config
+    from transformers import RobertaForMaskedLM
+
+    fresh = RobertaForMaskedLM.from_pretrained(os.path.join(job, "model")).__class__(
+        RobertaForMaskedLM.from_pretrained(os.path.join(job, "model")).config).state_dict()
+    name = "roberta.encoder.layer.0.attention.self.query.weight"
+    assert (exported[name].float() - fresh[name]).abs().max() > 1e-2
+
+
 def test_checkpoint_and_run_config(pipeline_run):
     job = pipeline_run["job"]
     assert os.path.isfile(os.path.join(job, "checkpoints", "last.ckpt"))

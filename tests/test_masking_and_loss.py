@@ -66,6 +66,9 @@ def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
     same = lambda u, v: all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(items(u), items(v)))
     assert len(a) == 100 and list(a.indices) == list(b.indices) and set(a.indices) != set(c.indices)
     assert same(a, b) and not same(a, c)
+    # the seed reaches the masks themselves: the same sentences, another seed, other masks
+    whole5, whole6 = sample(5, 0), sample(6, 0)
+    assert list(whole5.indices) == list(whole6.indices) and not same(whole5, whole6)
     lengths = [len(a[j][0]) for j in range(100)]
     assert lengths == sorted(lengths)  # served shortest first: batches of similar lengths
     # A sentence's masks depend on the seed and its index only: the same in a sample of all 300.
@@ -85,6 +88,26 @@ def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
     assert abs(rate - 0.15) < 0.02
     batch = pad_masked(items(a)[:10], PAD)
     assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_training_masks_are_keyed_by_seed_epoch_and_sample_not_by_batch(tokenizer):
+    from training.data import KeyedSamples
+
+    seqs = random_sequences(64, len(tokenizer), np.random.default_rng(3))
+    keyed = lambda seed: KeyedSamples(seqs, seed)
+    collate = MaskedLMCollator(tokenizer, 0.15)
+    rows = lambda batch, width: [(batch["input_ids"][r], batch["labels"][r]) for r in range(width)]
+    whole = rows(collate([keyed(1)[(0, i)] for i in range(64)]), 64)
+    # the same samples in other batches (other companions, another order) are masked alike
+    halves = rows(collate([keyed(1)[(0, i)] for i in range(63, 31, -1)]), 32)
+    for r, i in enumerate(range(63, 31, -1)):
+        n = len(seqs[i])
+        assert torch.equal(halves[r][0][:n], whole[i][0][:n]) and torch.equal(halves[r][1][:n], whole[i][1][:n])
+    # another epoch or another seed masks the same sample differently
+    other_epoch = rows(collate([keyed(1)[(1, i)] for i in range(64)]), 64)
+    other_seed = rows(collate([keyed(2)[(0, i)] for i in range(64)]), 64)
+    assert sum(torch.equal(x[1], y[1]) for x, y in zip(whole, other_epoch)) < 8
+    assert sum(torch.equal(x[1], y[1]) for x, y in zip(whole, other_seed)) < 8
 
 
 def test_packing_makes_full_blocks_with_separators(tmp_path):

@@ -51,8 +51,9 @@ def cite_in_model_card(model_dir: str, metrics: dict) -> None:
     p, r = metrics["pretrained"], metrics["random_init"]
     card += (f"\n\n{CARD_HEADING}\n\n{metrics['labels']} labels, {metrics['train_examples']} training and "
              f"{metrics['test_examples']} held-out examples, {metrics['epochs']} epochs each:\n\n"
-             f"| encoder | accuracy | macro-F1 |\n|---|---|---|\n| this model | {p['accuracy']} | {p['macro_f1']} |\n"
-             f"| random initialisation | {r['accuracy']} | {r['macro_f1']} |\n\n"
+             f"| encoder | accuracy | macro-F1 | test loss |\n|---|---|---|---|\n"
+             f"| this model | {p['accuracy']} | {p['macro_f1']} | {p['loss']} |\n"
+             f"| random initialisation | {r['accuracy']} | {r['macro_f1']} | {r['loss']} |\n\n"
              f"Majority class accuracy: {metrics['majority_class_accuracy']}. Details: probe_metrics.json\n")
     with open(path, "w", encoding="utf-8") as f:
         f.write(card)
