@@ -1,6 +1,6 @@
 """Mutation testing of the modules that hold the pipeline's rules, with mutmut (not part of CI).
 
-    pip install mutmut            # 3.x
+    pip install -e ".[bench]"     # mutmut 3.x
     python bench/mutation_score.py                      # the committed HEAD
     python bench/mutation_score.py --rev 34d7f34        # an older commit, to compare scores
     python bench/mutation_score.py --modules corpus/splitting.py corpus/normalise.py
@@ -29,9 +29,26 @@ RULES = {
     "training/model.py": ["tests/test_masking_and_loss.py", "tests/test_training_speed_path.py",
                           "tests/test_schedule.py", "tests/test_gpu_path.py"],
 }
+# mutmut wraps every mutated function in a trampoline, and a LightningModule's save_hyperparameters()
+# reads its __init__ arguments from the caller's frame, which is then the trampoline's: the module's
+# class is left unmutated (its rules are guarded by the deliberate regressions listed in the README).
+UNMUTATED_CLASSES = {"training/model.py": "MaskedLMModule"}
 # Tests that only start subprocesses or servers: in the per-mutant runs they cost time and see nothing.
 DESELECT = ["test_killed", "test_max_time", "test_signal", "test_diverging", "test_two_process",
             "ddp", "test_training_without_bf16", "test_token_cache"]
+
+
+def exclude_class(path: str, name: str) -> None:
+    """Mark every line of a top-level class `# pragma: no mutate` (in the copy only)."""
+    lines, inside = open(path).read().splitlines(), False
+    for i, line in enumerate(lines):
+        if line.startswith(f"class {name}"):
+            inside = True
+        elif line and not line[0].isspace() and not line.startswith((")", "#")):
+            inside = False
+        if inside and line.strip() and not line.rstrip().endswith("\\"):
+            lines[i] = f"{line}  # pragma: no mutate"
+    open(path, "w").write("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -44,6 +61,9 @@ def main() -> None:
     work = args.workdir or tempfile.mkdtemp(prefix="mutation-")
     archive = subprocess.run(["git", "archive", args.rev], cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", work], input=archive, check=True)
+    for module, cls in UNMUTATED_CLASSES.items():
+        if module in args.modules:
+            exclude_class(os.path.join(work, module), cls)
     tests = sorted({t for m in args.modules for t in RULES[m] if os.path.exists(os.path.join(work, t))})
     top = sorted(n for n in os.listdir(work) if n not in ("setup.cfg",))
     keep = " and ".join(f"not {d}" for d in DESELECT)
@@ -51,7 +71,7 @@ def main() -> None:
         f.write("[mutmut]\npaths_to_mutate=\n" + "".join(f"    {m}\n" for m in args.modules)
                 + "tests_dir=\n" + "".join(f"    {t}\n" for t in tests)
                 + "also_copy=\n" + "".join(f"    {n}\n" for n in top)
-                + f"pytest_add_cli_args=-p no:cacheprovider -k '{keep}'\n")
+                + f"pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -k\n    {keep}\n")  # one argument a line
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work,
                    stdout=subprocess.DEVNULL, check=False)
