@@ -27,7 +27,7 @@ RULES = {
     "training/data.py": ["tests/test_masking_and_loss.py", "tests/test_training_speed_path.py",
                          "tests/test_reliability.py", "tests/test_evaluation.py", "tests/test_schedule.py"],
     "training/model.py": ["tests/test_masking_and_loss.py", "tests/test_training_speed_path.py",
-                          "tests/test_schedule.py", "tests/test_gpu_path.py"],
+                          "tests/test_schedule.py"],
 }
 # mutmut wraps every mutated function in a trampoline, and a LightningModule's save_hyperparameters()
 # reads its __init__ arguments from the caller's frame, which is then the trampoline's: the module's
