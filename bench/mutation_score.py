@@ -35,7 +35,7 @@ RULES = {
 UNMUTATED_CLASSES = {"training/model.py": "MaskedLMModule"}
 # Tests that only start subprocesses or servers: in the per-mutant runs they cost time and see nothing.
 DESELECT = ["test_killed", "test_max_time", "test_signal", "test_diverging", "test_two_process",
-            "ddp", "test_training_without_bf16", "test_token_cache"]
+            "ddp", "test_training_without_bf16"]
 
 
 def exclude_class(path: str, name: str) -> None:
