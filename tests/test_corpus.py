@@ -176,6 +176,18 @@ def test_several_tsv_files_in_parallel_match_one_process(tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_duplicates_are_counted_before_and_after_normalisation(tmp_path):
+    # raw repeats (dropped before normalising) and texts that only normalise alike (dropped after)
+    rows = ["Baby &amp; Me", "Baby & Me", "Baby  &  Me", "Baby &amp; Me", "Other", "Other"]
+    rows += [f"Item {i}" for i in range(100)]  # enough sentences for a validation split
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"title": t}) + "\n" for t in rows))
+    out, manifest = corpus(tmp_path, str(source), text_columns=["title"])
+    kept = read_split(out, "train") + read_split(out, "validation")
+    assert sorted(t for t in kept if not t.startswith("Item")) == ["Baby & Me", "Other"]
+    assert manifest["duplicates_removed"] == 4 and manifest["rows_kept"] == 102 and manifest["rows_read"] == 106
+
+
 def test_repeat_filter_forgets_but_the_deduplicator_does_not(tmp_path):
     from corpus.splitting import RepeatFilter
 
