@@ -88,13 +88,19 @@ def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
     assert abs(rate - 0.15) < 0.02
     batch = pad_masked(items(a)[:10], PAD)
     assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[1] % 8 == 0
+    lengths = torch.tensor([len(a[j][0]) for j in range(10)])
+    assert torch.equal(batch["attention_mask"].sum(1), lengths)
+    padding = batch["attention_mask"] == 0
+    assert (batch["labels"][padding] == -100).all() and (batch["input_ids"][padding] == PAD).all()
+    assert batch["masked_total"] == int((batch["labels"] != -100).sum())
+    assert len(set(a.indices.tolist())) == 100  # each chosen sentence once
 
 
 def test_training_masks_are_keyed_by_seed_epoch_and_sample_not_by_batch(tokenizer):
     from training.data import KeyedSamples
 
     seqs = random_sequences(64, len(tokenizer), np.random.default_rng(3))
-    keyed = lambda seed: KeyedSamples(seqs, seed)
+    keyed = lambda seed, data=seqs: KeyedSamples(data, seed)
     collate = MaskedLMCollator(tokenizer, 0.15)
     rows = lambda batch, width: [(batch["input_ids"][r], batch["labels"][r]) for r in range(width)]
     whole = rows(collate([keyed(1)[(0, i)] for i in range(64)]), 64)
@@ -103,11 +109,35 @@ def test_training_masks_are_keyed_by_seed_epoch_and_sample_not_by_batch(tokenize
     for r, i in enumerate(range(63, 31, -1)):
         n = len(seqs[i])
         assert torch.equal(halves[r][0][:n], whole[i][0][:n]) and torch.equal(halves[r][1][:n], whole[i][1][:n])
+    # different samples of the same length get different masks
+    twins = [torch.tensor([BOS, *range(10, 60), EOS])] * 16
+    labels = collate([keyed(1, twins)[(0, i)] for i in range(16)])["labels"]
+    assert len({tuple((row != -100).nonzero().flatten().tolist()) for row in labels}) > 12
     # another epoch or another seed masks the same sample differently
     other_epoch = rows(collate([keyed(1)[(1, i)] for i in range(64)]), 64)
     other_seed = rows(collate([keyed(2)[(0, i)] for i in range(64)]), 64)
     assert sum(torch.equal(x[1], y[1]) for x, y in zip(whole, other_epoch)) < 8
     assert sum(torch.equal(x[1], y[1]) for x, y in zip(whole, other_seed)) < 8
+
+
+def test_sentences_are_cut_to_the_sequence_length():
+    from training.data import Sentences
+
+    seqs = [torch.tensor([BOS, *range(10, 10 + n), EOS]) for n in (3, 6, 7, 30)]
+    items = Sentences(split_of(seqs), 8, BOS, EOS)
+    assert [len(items[i]) for i in range(4)] == [5, 8, 8, 8]
+    assert torch.equal(items[0], seqs[0]) and torch.equal(items[1], seqs[1])  # short ones whole
+    assert items[3].tolist() == [BOS, *range(10, 16), EOS]  # long ones cut, still closed by </s>
+
+
+def test_random_replacements_span_the_vocabulary(tokenizer):
+    seqs = [torch.tensor([BOS, *([40] * 200), EOS])] * 200  # one repeated word: a replacement is easy to spot
+    batch = MaskedLMCollator(tokenizer, mlm_probability=0.5, seed=4)(seqs)
+    masked = batch["labels"] != -100
+    replaced = batch["input_ids"][masked & (batch["input_ids"] != MASK) & (batch["input_ids"] != 40)]
+    assert len(replaced) > 1000
+    vocab = len(tokenizer)
+    assert abs(replaced.float().mean().item() - vocab / 2) < 0.05 * vocab and replaced.max() >= 0.9 * vocab
 
 
 def test_packing_makes_full_blocks_with_separators(tmp_path):

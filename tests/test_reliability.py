@@ -17,6 +17,10 @@ def test_resumed_sampler_continues_the_epoch_in_the_same_order():
     assert sorted(full) == list(range(100)) and full != list(range(100))
     assert list(ResumableSampler(100, seed=3, epoch=2, skip=40)) == full[40:]
     assert list(ResumableSampler(100, seed=3, epoch=3)) != full  # a new epoch, a new order
+    resumed = ResumableSampler(100, seed=3, epoch=2, skip=40, with_epoch=True)
+    assert list(resumed) == [(2, i) for i in full[40:]]
+    resumed.set_epoch(3)  # only the first epoch after a resume is shortened
+    assert list(resumed) == [(3, i) for i in ResumableSampler(100, seed=3, epoch=3)]
     shares = [list(ResumableSampler(101, seed=3, rank=r, world_size=4)) for r in range(4)]
     assert all(len(s) == 26 for s in shares) and set().union(*shares) == set(range(101))
     val = [list(ResumableSampler(101, 0, r, 4, shuffle=False)) for r in range(4)]
