@@ -193,3 +193,16 @@ def test_no_weight_decay_on_bias_and_layernorm():
     for name, p in module.model.named_parameters():
         assert (id(p) in decayed) == (p.ndim >= 2 and "LayerNorm" not in name), name
     assert module.config.max_position_embeddings == 514 and module.config.pad_token_id == PAD
+
+
+def test_model_config_of_each_size_carries_the_tokenizer_ids():
+    expected = {"tiny": (256, 4, 4), "small": (512, 4, 8), "base": (768, 4, 12)}
+    for size, (hidden, layers, heads) in expected.items():
+        c = build_config(8000, size, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (hidden, layers, heads)
+        assert c.intermediate_size == 4 * hidden and c.max_position_embeddings == 514 and c.type_vocab_size == 1
+        assert (c.vocab_size, c.pad_token_id, c.bos_token_id, c.eos_token_id) == (8000, 1, 0, 2)
+    c = build_config(300, "tiny", hidden_size=64, num_layers=2, num_heads=2, pad_token_id=7)
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.pad_token_id) == (64, 2, 2, 7)
+    with pytest.raises(ValueError):
+        build_config(300, "tiny", hidden_size=65, num_heads=2)
