@@ -175,9 +175,9 @@ def compare(corpus: str, tokenizer: str, seconds: float, args: argparse.Namespac
     results = {"a  (this project, --max-time)": run_project("a", corpus, tokenizer, seconds, args, args.extra)}
     for i, variant in enumerate(args.try_flags):
         results[f"a+ {variant}"] = run_project(f"a{i}", corpus, tokenizer, seconds, args, shlex.split(variant))
-    for kind, name in (("b1", "b1 (Trainer, line by line)"), ("b2", "b2 (Trainer, 128-token groups)")):
-        if args.skip_trainer:
-            break
+    trainer_runs = () if args.skip_trainer else (("b1", "b1 (Trainer, line by line)"),
+                                                 ("b2", "b2 (Trainer, 128-token groups)"))
+    for kind, name in trainer_runs:
         out = subprocess.run([sys.executable, __file__, "--hf", kind, "--corpus-dir", corpus, "--tokenizer", tokenizer,
                               "--seconds", str(seconds), "--batch-size", str(args.batch_size), "--lr",
                               str(args.lr), "--seed", str(args.seed), "--workdir", args.workdir],

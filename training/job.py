@@ -7,7 +7,6 @@ import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
@@ -143,8 +142,8 @@ def local_processes(devices: str | int) -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
-def parse_max_time(value: str | None) -> timedelta | None:
-    """--max-time as seconds ("5400") or Lightning's DD:HH:MM:SS ("00:01:30:00")."""
+def parse_max_time(value: str | None) -> float | None:
+    """--max-time in seconds, given as seconds ("5400") or Lightning's DD:HH:MM:SS ("00:01:30:00")."""
     if value is None:
         return None
     try:
@@ -157,7 +156,7 @@ def parse_max_time(value: str | None) -> timedelta | None:
         seconds = -1
     if seconds <= 0:
         raise UsageError(f"--max-time {value!r} is not a duration; give seconds (5400) or DD:HH:MM:SS (00:01:30:00)")
-    return timedelta(seconds=seconds)
+    return seconds
 
 
 def load_tokenizer(path: str) -> tuple[PreTrainedTokenizerBase, str]:
@@ -272,16 +271,17 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                         num_heads=c.num_attention_heads)
     identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
     check_strategy(cfg.strategy)
+    processes = local_processes(cfg.devices)
     plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
-                           processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
+                           processes_per_node=processes, log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
-    max_steps, max_time = step_budget(cfg), parse_max_time(cfg.max_time)
-    effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * local_processes(cfg.devices) * cfg.num_nodes
+    max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
+    effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * processes * cfg.num_nodes
     log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d devices x %d nodes)",
              cfg.lr_schedule, " or ".join(x for x in (max_steps and f"{max_steps} steps",
-                                                      max_time and f"{max_time.total_seconds():.0f} s of training") if x),
-             effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, local_processes(cfg.devices), cfg.num_nodes)
+                                                      max_seconds and f"{max_seconds:.0f} s of training") if x),
+             effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, processes, cfg.num_nodes)
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
@@ -297,7 +297,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         num_heads=cfg.num_heads, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=warmup_ratio(cfg),
         max_steps=max_steps, max_bad_steps=cfg.max_bad_steps, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-        decay_ratio=cfg.decay_ratio, max_seconds=max_time.total_seconds() if max_time else None,
+        decay_ratio=cfg.decay_ratio, max_seconds=max_seconds,
         masked_per_batch=cfg.batch_size * cfg.max_seq_length * cfg.mlm_probability, seed=cfg.seed,
         config_dict=pretrained.config.to_dict() if pretrained is not None else None, compile=cfg.compile,
         dropout=cfg.dropout, attention=plan.attention, fused_adamw=plan.fused_adamw,
@@ -305,16 +305,16 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
-    module.elapsed_seconds = lambda: clock.budget_seconds
     trainer, clock, stopper = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
-        cfg.devices, cfg.strategy, cfg.num_nodes, max_time, cfg.log_every_n_steps,
+        cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.accumulate_grad_batches, cfg.progress,
         purge_step=_checkpoint_step(resume_from) if resume_from else None,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
         extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
         if watch_texts or cfg.fill_mask_samples else [],
     )
+    module.elapsed_seconds = lambda: clock.budget_seconds  # the schedule reads the clock that stops the run
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file
     except SIGTERMException:  # raised by Lightning after the step in which GracefulStop saved the checkpoint

@@ -3,7 +3,6 @@ import logging
 import os
 import signal
 import time
-from datetime import timedelta
 from typing import Any
 
 import pytorch_lightning as pl
@@ -189,18 +188,18 @@ class TrainingClock(Callback):
 
 
 def build_trainer(
-    job_dir: str, plan: DevicePlan, max_steps: int, validate_every_n_steps: int, checkpoint_every_n_steps: int,
+    job_dir: str, plan: DevicePlan, max_steps: int | None, validate_every_n_steps: int, checkpoint_every_n_steps: int,
     accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
-    max_time: timedelta | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
+    max_seconds: float | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
     accumulate_grad_batches: int = 1,
     progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
     peak_tflops: float | None = None, started: float | None = None, extra_callbacks: list[Callback] | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
     """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
-    MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`. `max_time`
-    is kept by the TrainingClock, not Lightning's Timer: the schedule and the stop read the same seconds."""
+    MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`. `max_seconds`
+    (--max-time) is kept by the TrainingClock, not Lightning's Timer: the schedule and the stop read the same seconds."""
     clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started,
-                          max_time.total_seconds() if max_time else None, plan.check_every_n_steps)
+                          max_seconds, plan.check_every_n_steps)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
     checkpoints = ModelCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
