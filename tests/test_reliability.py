@@ -43,7 +43,7 @@ def wait_for(path, timeout=120):
     deadline = time.time() + timeout
     while not os.path.exists(path):
         assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+        time.sleep(0.001)  # kill as soon as it appears: the window a lost log point would fall in
 
 
 def logged_steps(job, tag="train/loss"):

@@ -166,6 +166,7 @@ class MaskedLMModule(pl.LightningModule):
         self.last_validated_step = -1
         self.total_train_tokens = 0  # over all ranks, set when training ends
         self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
+        self._step_log: tuple[torch.Tensor, float] | None = None  # (loss, accuracy) on the device, and the lr
 
     def setup(self, stage: str) -> None:
         # Lightning calls this before moving the model, so ask the strategy where it will run.
@@ -203,11 +204,17 @@ class MaskedLMModule(pl.LightningModule):
         self.seen[0] += batch["attention_mask"].sum()
         self.seen[1] += len(batch["input_ids"])
         self.seen[2] += n
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/mlm_accuracy", correct / n.clamp(min=1))
-        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; TrainingClock writes the log
+        self._step_log = (torch.stack([loss.detach().float(), correct / n.clamp(min=1)]), self.lr_schedulers().get_last_lr()[0])
         # A sum over this batch's labels; configure_gradient_clipping divides by all the step's labels.
         return loss * n / self.hparams.masked_per_batch
+
+    def step_log(self) -> dict[str, float]:
+        """The last batch's loss and accuracy and the step's learning rate (one read-back from the device)."""
+        if self._step_log is None:
+            return {}
+        (loss, accuracy), lr = self._step_log[0].tolist(), self._step_log[1]
+        return {"train/loss": loss, "train/mlm_accuracy": accuracy, "lr": lr}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

@@ -84,8 +84,9 @@ class GracefulStop(Callback):
 
 class TrainingClock(Callback):
     """Seconds spent in training steps (validation excluded), kept across resumes; stops the run when
-    they reach `max_seconds` (--max-time); logs tokens/s, and on GPUs the model FLOPs utilisation (MFU)
-    at the masking rate measured over the interval.
+    they reach `max_seconds` (--max-time). Every `log_every_n_steps` steps it writes the step's loss,
+    accuracy and rate, tokens/s, and on GPUs the model FLOPs utilisation (MFU) at the masking rate
+    measured over the interval, before that step's checkpoint, and flushes them with each checkpoint.
 
     `budget_seconds` is what the learning-rate schedule and the stop read: the live clock on one
     process; with several, rank 0's clock, broadcast every `sync_every_n_steps` optimizer steps, so that
@@ -140,23 +141,33 @@ class TrainingClock(Callback):
         if not self._first_step_logged and trainer.is_global_zero:
             self._first_step_logged = True
             log.info("first optimizer step done %.1f s after start", time.perf_counter() - self.started)
-        if not stepped or trainer.global_step % self.log_every_n_steps or self._last_log is None:
+        if not stepped or trainer.global_step % self.log_every_n_steps:
             return
+        metrics = pl_module.step_log()
         now, tokens, samples, masked = current = self._counters(pl_module)
-        then, tokens_then, samples_then, masked_then = self._last_log
-        if now > then and tokens > tokens_then:
+        if self._last_log is not None and now > self._last_log[0] and tokens > self._last_log[1]:
+            then, tokens_then, samples_then, masked_then = self._last_log
             per_device = (tokens - tokens_then) / (now - then)
             # Non-pad tokens, all ranks (they run in lockstep, so rank 0's rate times the world size).
-            pl_module.log("throughput/tokens_per_sec", per_device * trainer.world_size, prog_bar=True)
-            pl_module.log("throughput/samples_per_sec", (samples - samples_then) / (now - then) * trainer.world_size)
+            metrics["throughput/tokens_per_sec"] = per_device * trainer.world_size
+            metrics["throughput/samples_per_sec"] = (samples - samples_then) / (now - then) * trainer.world_size
             # For plots against tokens seen and training time (training/plot_learning_curves.py).
-            pl_module.log("progress/tokens_seen", float(tokens * trainer.world_size))
-            pl_module.log("progress/train_seconds", now)
+            metrics["progress/tokens_seen"] = float(tokens * trainer.world_size)
+            metrics["progress/train_seconds"] = now
             if self.peak_flops and self.config is not None:
                 rate = (masked - masked_then) / (tokens - tokens_then)  # ~13.5% at 15%: special tokens never masked
-                pl_module.log("throughput/mfu", per_device * flops_per_token(self.config, self.seq_len, rate)
-                              / self.peak_flops)
+                metrics["throughput/mfu"] = per_device * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
+            pl_module.log("throughput/tokens_per_sec", metrics["throughput/tokens_per_sec"], prog_bar=True, logger=False)
         self._last_log = current
+        # Written here, not through self.log: Lightning hands a step's logged values to the logger only after
+        # on_train_batch_end, where the checkpoint of that step is saved; a run killed in between would resume
+        # with that step missing from TensorBoard. The label is Lightning's (the step's index, as validation's).
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step - 1)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:  # what the checkpoint counts as done is on disk in TensorBoard too
+            logger.save()
 
     def _counters(self, pl_module: pl.LightningModule) -> tuple[float, int, int, int]:
         """(seconds, tokens, samples, masked tokens), read back from the device in one transfer."""
