@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -74,6 +75,11 @@ def test_last_partial_shard_is_written_and_manifest_counts(tmp_path, sample_tsv)
     shards = manifest["splits"]["train"]["shards"]
     assert all(s["lines"] == 50 for s in shards[:-1]) and 0 < shards[-1]["lines"] <= 50
     assert sum(s["lines"] for s in shards) == len(read_split(out, "train")) == manifest["splits"]["train"]["lines"]
+    for split in ("train", "validation"):  # what the manifest says of each shard is what is on disk
+        for shard in manifest["splits"][split]["shards"]:
+            data = open(os.path.join(out, split, shard["file"]), "rb").read()
+            assert (shard["lines"], shard["bytes"], shard["sha256"]) == (data.count(b"\n"), len(data),
+                                                                         hashlib.sha256(data).hexdigest())
     on_disk = json.load(open(os.path.join(out, "manifest.json")))
     assert on_disk["rows_read"] == manifest["rows_read"]
     assert on_disk["duplicates_removed"] > 0  # titles repeat across reviews

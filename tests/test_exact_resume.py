@@ -65,7 +65,7 @@ def final_state(job) -> dict:
 
 
 def assert_identical(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"]
+    assert a["global_step"] == b["global_step"] and a["seen"] == b["seen"]  # tokens, samples, masked: counted on
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), f"{name} differs by {(tensor - b['state_dict'][name]).abs().max()}"
     moments = lambda s: [t for state in s["optimizer_states"][0]["state"].values() for t in state.values()]

@@ -29,6 +29,9 @@ def test_special_token_ids_and_round_trip(fitted):
     assert tok.decode(ids, skip_special_tokens=True) == text  # byte level: nothing is unknown
     masked = tok("Organic <mask> Blanket")["input_ids"]
     assert tok.mask_token_id in masked and len(tok.vocab) <= 400
+    # <mask> takes the space before it, as RoBERTa's does: the word it stands for is " word", not a lone " "
+    words = [tok(w, add_special_tokens=False)["input_ids"] for w in ("Organic", " Blanket")]
+    assert masked == [0, *words[0], tok.mask_token_id, *words[1], 2]
 
 
 def test_report_is_saved(fitted):
