@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer
 
 from conftest import REPO, TINY_MODEL
@@ -60,6 +61,12 @@ def batches_per_epoch(pipeline_run, tmp_path, world: int = 1, batch: int = 16) -
     return -(-per_rank // batch)
 
 
+def scalars(job, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(os.path.join(job, "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 def final_state(job) -> dict:
     return torch.load(os.path.join(job, "checkpoints", "last.ckpt"), weights_only=False)
 
@@ -87,7 +94,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, pipeline_run, extra,
     kill_at = every * (epoch // every + 1)  # the first checkpoint after the first epoch's end
     assert kill_at < steps and (kill_at % epoch != 0) == (where == "mid-epoch"), (epoch, every, kill_at)
     common = ["--max-steps", str(steps), "--checkpoint-every-n-steps", str(every), "--validate-every-n-steps", "4",
-              *extra]
+              "--log-every-n-steps", "1", *extra]
     runner = tmp_path / "killing_runner.py"
     runner.write_text(KILLING_RUNNER)
     run(job_args(pipeline_run, tmp_path / "whole", *common))
@@ -98,6 +105,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, pipeline_run, extra,
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
     whole, again = (json.load(open(tmp_path / j / "final_metrics.json")) for j in ("whole", "killed"))
     assert whole["val_loss"] == again["val_loss"] and whole["global_step"] == again["global_step"] == steps
+    for tag in ("train/loss", "train/mlm_accuracy", "lr", "val/loss"):  # TensorBoard: the same curves, no gap
+        assert scalars(tmp_path / "killed", tag) == scalars(tmp_path / "whole", tag), tag
 
 
 def test_two_process_ddp_equals_one_device_on_the_same_samples(tmp_path, pipeline_run, monkeypatch):

@@ -147,3 +147,13 @@ def test_accumulating_k_batches_of_b_equals_one_batch_of_k_times_b(tokenizer):
         assert torch.allclose(grads_one[name], p.grad, rtol=1e-4, atol=1e-7), name
         assert torch.allclose(grads_k[name], p.grad, rtol=1e-4, atol=1e-7), name
         assert torch.allclose(weights_k[name], weights_one[name], rtol=0, atol=1e-6), name
+
+
+def test_accumulating_runs_validate_and_checkpoint_every_n_optimizer_steps(tmp_path, pipeline_run):
+    job = tmp_path / "job"
+    run_script("training/run_training.py", *train_args(pipeline_run, job, "--accumulate-grad-batches", "2",
+                                                       "--max-steps", "6", "--validate-every-n-steps", "3"))
+    events = EventAccumulator(os.path.join(job, "tensorboard"))
+    events.Reload()
+    # after steps 3 and 6 (labelled by step index, as the training curves): not after 3 and 6 batches
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]

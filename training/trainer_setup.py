@@ -28,6 +28,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """last.ckpt every n optimizer steps; at a step that also validates, after the validation.
+
+    Lightning treats a checkpoint written before a validation as if the validation had run, so a run
+    killed during it would resume without it: a gap in the validation curve, at the default intervals
+    (both 500) at every checkpoint. Written after it, a kill during validation resumes from the checkpoint
+    before, and validates again.
+    """
+
+    _after_validation = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        validates = trainer.enable_validation and isinstance(trainer.val_check_batch, int) and \
+            (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0  # as Lightning decides
+        self._after_validation = validates and trainer.global_step % self._every_n_train_steps == 0
+        if not self._after_validation:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._after_validation and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._after_validation = False
+        super().on_validation_end(trainer, pl_module)
+
+
 class GracefulStop(Callback):
     """On SIGTERM (preemption) or SIGINT, finish the current step, save last.ckpt and stop.
 
@@ -212,7 +238,7 @@ def build_trainer(
     clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started,
                           max_seconds, plan.check_every_n_steps)
     stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
-    checkpoints = ModelCheckpoint(
+    checkpoints = StepCheckpoint(
         dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
         save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
     )
@@ -225,7 +251,8 @@ def build_trainer(
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
         precision=plan.precision, max_steps=max_steps if max_steps else -1, accumulate_grad_batches=accumulate_grad_batches,
-        max_epochs=-1, val_check_interval=validate_every_n_steps, check_val_every_n_epoch=None,
+        max_epochs=-1, val_check_interval=validate_every_n_steps * accumulate_grad_batches,  # Lightning counts batches
+        check_val_every_n_epoch=None,
         log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
         callbacks=callbacks, logger=logger, enable_progress_bar=progress,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
