@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-bad-steps", type=int, default=10,
                    help="stop after this many consecutive steps with a NaN/inf loss (each is skipped) (default: %(default)s)")
     t.add_argument("--seed", type=int, default=42, help="random seed; also fixes the validation masks (default: %(default)s)")
-    t.add_argument("--validate-every-n-steps", type=int, default=500, help="validation interval (default: %(default)s)")
+    t.add_argument("--validate-every-n-steps", type=int, default=500, help="validation interval, in optimizer steps (default: %(default)s)")
     t.add_argument("--max-val-sentences", type=int, default=10_000,
                    help="validate on this many sentences of the validation split, the same ones with the same masks "
                         "every time (chosen by --seed); 0 = the whole split (default: %(default)s)")
     t.add_argument("--checkpoint-every-n-steps", type=int, default=500,
-                   help="interval of JOB/checkpoints/last.ckpt (default: %(default)s)")
+                   help="interval of JOB/checkpoints/last.ckpt, in optimizer steps; at a step that also "
+                        "validates, written after the validation (default: %(default)s)")
     t.add_argument("--log-every-n-steps", type=int, default=10, help="TensorBoard interval (default: %(default)s)")
     w = p.add_argument_group("watching the model in TensorBoard")
     w.add_argument("--fill-mask-samples", type=int, default=8,
