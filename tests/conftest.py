@@ -14,6 +14,15 @@ TINY_MODEL = ["--model-size", "tiny", "--hidden-size", "64", "--num-layers", "2"
               "--max-seq-length", "64", "--batch-size", "16"]
 
 
+def scalars(job, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard tag of a job; steps a resumed run purged are left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(job, "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 def run_script(script: str, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run one of the three command-line scripts as a user would, from the repository root."""
     result = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, **kwargs)

@@ -5,13 +5,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import pipeline
 
-from conftest import run_script
-
-
-def scalars(job: str, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(os.path.join(job, "tensorboard"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+from conftest import run_script, scalars
 
 
 def test_validation_loss_falls_and_metrics_are_written(pipeline_run):

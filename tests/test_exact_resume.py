@@ -6,10 +6,9 @@ import sys
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer
 
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, TINY_MODEL, scalars
 from training.data import PackedBlocks, encode_split, text_files
 
 # Runs step 3 like training/run_training.py, but kills every process of the run (all ranks) with
@@ -59,12 +58,6 @@ def batches_per_epoch(pipeline_run, tmp_path, world: int = 1, batch: int = 16) -
                          str(tmp_path / "cache"), tokenizer.eos_token_id)
     per_rank = -(-len(PackedBlocks(split, 64, tokenizer.bos_token_id)) // world)
     return -(-per_rank // batch)
-
-
-def scalars(job, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(os.path.join(job, "tensorboard"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def final_state(job) -> dict:

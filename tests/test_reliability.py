@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY_MODEL, run_script
+from conftest import REPO, TINY_MODEL, run_script, scalars
 from training.data import ResumableSampler
 
 
@@ -46,12 +46,6 @@ def wait_for(path, timeout=120):
         time.sleep(0.001)  # kill as soon as it appears: the window a lost log point would fall in
 
 
-def logged_steps(job, tag="train/loss"):
-    events = EventAccumulator(os.path.join(job, "tensorboard"))  # purges steps orphaned by a crash
-    events.Reload()
-    return [e.step for e in events.Scalars(tag)]
-
-
 def test_killed_run_resumes_and_reaches_max_steps(tmp_path, pipeline_run):
     job = tmp_path / "job"
     args = train_args(pipeline_run, job, "--max-steps", "60", "--checkpoint-every-n-steps", "8",
@@ -65,7 +59,7 @@ def test_killed_run_resumes_and_reaches_max_steps(tmp_path, pipeline_run):
     result = run_script("training/run_training.py", *args)
     assert "resuming from" in result.stderr
     assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
-    steps = logged_steps(str(job))
+    steps = [step for step, _ in scalars(job, "train/loss")]  # without those a crash orphaned
     assert steps == list(range(steps[0], steps[0] + len(steps))) and len(steps) == 60, steps
     metrics = run_script("training/export_model.py", "--checkpoint", str(job / "checkpoints" / "last.ckpt"),
                          "--output-dir", str(tmp_path / "exported"))

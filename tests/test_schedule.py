@@ -1,17 +1,15 @@
 """The learning-rate schedule over a budget of steps or training time, and gradient accumulation."""
 import json
 import math
-import os
 import signal
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from conftest import run_script
+from conftest import run_script, scalars
 from test_reliability import start_training, train_args, wait_for
 from training.data import MaskedLMCollator
 from training.job import TrainingConfig, step_budget
@@ -58,19 +56,13 @@ def test_warmup_steps_are_capped_by_the_budget():
     assert short.factor(10, 0) == pytest.approx(0.5) and short.factor(20, 0) == pytest.approx(0.98)
 
 
-def lr_curve(job):
-    events = EventAccumulator(os.path.join(job, "tensorboard"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars("lr")]
-
-
 def test_max_time_run_warms_up_early_and_ends_its_decay(tmp_path, pipeline_run):
     job = tmp_path / "job"
     run_script("training/run_training.py", *train_args(pipeline_run, job, "--max-time", "8", "--lr", str(PEAK),
                                                        "--validate-every-n-steps", "100000"))
     metrics = json.load(open(job / "final_metrics.json"))
     assert 8 <= metrics["train_seconds"] < 10, metrics
-    curve = lr_curve(str(job))
+    curve = scalars(job, "lr")
     steps = metrics["global_step"]
     peak_step = next(step for step, lr in curve if lr > 0.9 * PEAK)
     assert peak_step <= 0.1 * steps, (peak_step, steps)  # warmup: 6% of the time
@@ -94,13 +86,11 @@ def test_killed_budgeted_run_resumes_to_the_same_total_budget(tmp_path, pipeline
     run_script("training/run_training.py", *args)
     metrics = json.load(open(job / "final_metrics.json"))
     assert 10 <= metrics["train_seconds"] < 12 and metrics["global_step"] > killed_at, metrics
-    curve = lr_curve(str(job))
+    curve = scalars(job, "lr")
     resumed = [lr for step, lr in curve if step > killed_at]
     assert resumed[0] <= killed_lr + 1e-9, "the schedule went on from where it stopped"
     assert curve[-1][1] < 0.05 * PEAK
-    events = EventAccumulator(os.path.join(job, "tensorboard"))
-    events.Reload()
-    seconds = [e.value for e in events.Scalars("progress/train_seconds") if e.step > killed_at]
+    seconds = [value for step, value in scalars(job, "progress/train_seconds") if step > killed_at]
     assert seconds[0] > spent, "the clock went on from the checkpoint's seconds"
 
 
@@ -153,7 +143,5 @@ def test_accumulating_runs_validate_and_checkpoint_every_n_optimizer_steps(tmp_p
     job = tmp_path / "job"
     run_script("training/run_training.py", *train_args(pipeline_run, job, "--accumulate-grad-batches", "2",
                                                        "--max-steps", "6", "--validate-every-n-steps", "3"))
-    events = EventAccumulator(os.path.join(job, "tensorboard"))
-    events.Reload()
     # after steps 3 and 6 (labelled by step index, as the training curves): not after 3 and 6 batches
-    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
+    assert [step for step, _ in scalars(job, "val/loss")] == [2, 5]
