@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -37,20 +36,17 @@ class StepCheckpoint(ModelCheckpoint):
     before, and validates again.
     """
 
-    _after_validation = False
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         validates = trainer.enable_validation and isinstance(trainer.val_check_batch, int) and \
             (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0  # as Lightning decides
-        self._after_validation = validates and trainer.global_step % self._every_n_train_steps == 0
-        if not self._after_validation:
+        if not validates:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._after_validation and not self._should_skip_saving_checkpoint(trainer):
+        # A step due for a checkpoint that has none yet: on_train_batch_end left it to this validation.
+        if trainer.global_step % self._every_n_train_steps == 0 and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._after_validation = False
         super().on_validation_end(trainer, pl_module)
 
 
