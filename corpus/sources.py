@@ -98,7 +98,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
 
 def _tsv_header(line: bytes, path: str) -> list[str]:
     try:
-        header = line.rstrip(b"\r").decode("utf-8").split("\t")
+        header = line.rstrip(b"\r").decode("utf-8-sig").split("\t")  # -sig: drops the BOM that Excel and Notepad write
     except UnicodeDecodeError:
         header = []
     if len(header) < 2 or not all(name.isprintable() and name for name in header):

@@ -3,9 +3,11 @@ names the problem and the fix, no traceback, and nothing the user already had is
 import errno
 import json
 import os
+import sys
 
 import pytest
 
+from conftest import run_script
 from corpus import run_corpus_generation, writing
 from common import run_main
 from tokenizer import run_tokenizer_fitting
@@ -25,6 +27,7 @@ def inputs(tmp_path_factory, pipeline_run):
     (d / "empty_dir").mkdir()
     (d / "binary_dir").mkdir()
     (d / "binary_dir" / "x.txt").write_bytes(b"\x00\x01\x02\xff" * 100)
+    (d / "long_watch.txt").write_text("Organic cotton baby <mask>\n\n" + "soft " * 40 + "blanket <mask>\n")
     (d / "not_a_tokenizer").mkdir()
     (d / "not_a_tokenizer" / "tokenizer.json").write_text("{ this is not json")
     no_mask = d / "no_mask"
@@ -75,6 +78,10 @@ CASES = [
     ("training", {"--lr": "-0.001"}, 2, "--lr must be positive"),
     ("training", {"--mlm-probability": "1.5"}, 2, "--mlm-probability"),
     ("training", {"--max-time": "soon"}, 2, "--max-time 'soon' is not a duration"),
+    ("training", {"--seed": "-1"}, 2, "--seed must be between 0 and 4294967295"),
+    ("training", {"--seed": str(2**32)}, 2, "--seed must be between 0 and 4294967295"),
+    ("training", {"--watch-texts": "D/long_watch.txt", "--max-seq-length": "16"}, 2,
+     "line 3 has its <mask> past --max-seq-length 16 tokens; shorten the line or raise --max-seq-length"),
     ("training", {"--accumulate-grad-batches": "0"}, 2, "--accumulate-grad-batches must be at least 1"),
     ("training", {"--decay-ratio": "2"}, 2, "--decay-ratio must be in (0, 1]"),
     ("training", {"--warmup-steps": "-1"}, 2, "--warmup-steps must be 0 or more"),
@@ -130,3 +137,73 @@ def test_disk_full_while_writing_shards_keeps_the_old_corpus(tmp_path, capsys, m
     assert run_main(lambda: run_corpus_generation.main(["--data-files", sample_tsv, "--output-dir", str(fresh),
                                                          "--no-progress"])) == 1
     assert not fresh.exists() and sorted(os.listdir(tmp_path)) == ["corpus"]  # no shard, no manifest, no debris
+
+
+def test_a_split_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path, pipeline_run):
+    bad = tmp_path / "foreign"
+    bad.mkdir()
+    (bad / "a.txt").write_bytes(b"soft blanket\n" * 1000 + b"pink \xff bottle\n")
+    result = run_script("training/run_training.py", "--job-dir", str(tmp_path / "job"), "--path-to-train-set",
+                        str(bad), "--path-to-val-set", f"{pipeline_run['corpus']}/validation", "--path-to-tokenizer",
+                        pipeline_run["tokenizer"], "--model-size", "tiny", "--max-steps", "1", "--accelerator", "cpu",
+                        "--no-progress", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert f"{str(bad / 'a.txt')!r} is not UTF-8 text (line 1001, byte 13005)" in errors[0]
+    assert "step 1" in errors[0]
+    assert not [f for f in os.listdir(tmp_path / "job" / "cache") if f.startswith(".encoding-")]  # no debris
+
+
+def test_a_tsv_saved_with_a_byte_order_mark_is_read(tmp_path, capsys, sample_tsv):
+    import gzip
+
+    from corpus.sources import SourceStats, read_amazon_tsv
+
+    data = gzip.open(sample_tsv).read()
+    (tmp_path / "bom.tsv").write_bytes(b"\xef\xbb\xbf" + data)  # as Excel and Notepad save UTF-8
+    with gzip.open(tmp_path / "bom.tsv.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + data)
+    rows = next(read_amazon_tsv(str(tmp_path / "bom.tsv"), ["marketplace", "product_title"], SourceStats()))
+    assert rows[0][0] == "US"
+    corpora = {}
+    for name, path in (("plain", sample_tsv), ("bom", tmp_path / "bom.tsv"), ("bom_gz", tmp_path / "bom.tsv.gz")):
+        out = tmp_path / name
+        argv = ["--data-files", str(path), "--output-dir", str(out), "--no-progress"]
+        assert run_main(lambda: run_corpus_generation.main(argv)) == 0, capsys.readouterr().err
+        corpora[name] = [open(os.path.join(root, f), "rb").read() for root, _, files in sorted(os.walk(out))
+                         for f in sorted(files) if f.endswith(".txt")]
+    assert corpora["plain"] and corpora["bom"] == corpora["plain"] and corpora["bom_gz"] == corpora["plain"]
+
+
+def test_a_watched_mask_past_128_tokens_is_shown_when_max_seq_length_allows(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    from transformers import RobertaForMaskedLM
+
+    from common import UsageError
+    from training.model import build_config
+    from training.watch import FillMaskSamples, read_watch_texts
+
+    text = "soft " * 150 + "blanket <mask>"  # the <mask> lands at about token 152
+    (tmp_path / "watch.txt").write_text(text + "\n")
+    assert read_watch_texts(str(tmp_path / "watch.txt"), tokenizer, 256) == [text]
+    with pytest.raises(UsageError, match="line 1 has its <mask> past --max-seq-length 128"):
+        read_watch_texts(str(tmp_path / "watch.txt"), tokenizer, 128)
+    watch = FillMaskSamples(tokenizer, [text])
+    written = []
+    data = SimpleNamespace(max_seq_length=256, val_set=SimpleNamespace(sentences=SimpleNamespace(split=None)))
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=data, global_step=0,
+                              logger=SimpleNamespace(experiment=SimpleNamespace(add_text=lambda *a, **k: written.append(a))))
+    model = RobertaForMaskedLM(build_config(len(tokenizer), "tiny", 32, 1, 2))
+    watch.on_validation_end(trainer, SimpleNamespace(model=model))
+    assert len(written) == 1 and len(written[0][1].splitlines()) == 3  # header, rule, the watched text
+
+
+def test_plotting_without_matplotlib_says_how_to_install_it(capsys, monkeypatch, pipeline_run):
+    from training import plot_learning_curves
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it raises ImportError
+    assert run_main(lambda: plot_learning_curves.main(["--job-dir", pipeline_run["job"]])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "pip install matplotlib" in err[0], err

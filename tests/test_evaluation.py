@@ -1,10 +1,11 @@
 """Validation on a fixed sample, and run_evaluation.py reproducing it."""
+import itertools
 import json
 
 import numpy as np
 
 from conftest import TINY_MODEL, run_script
-from training.data import ResumableSampler
+from training.data import TrainingStream
 
 
 def count_lines(directory) -> int:
@@ -48,13 +49,12 @@ def test_run_evaluation_bad_input_is_one_line(tmp_path, pipeline_run):
 
 def test_sampler_works_on_compact_arrays():
     n = 3_000_000  # one epoch's order is a numpy array yielded lazily, not a Python list
-    sampler = ResumableSampler(n, seed=1, epoch=0)
-    it = iter(sampler)
-    first = [next(it) for _ in range(5)]
+    it = iter(TrainingStream(n, seed=1))
+    first = [next(it)[1] for _ in range(5)]
     assert all(isinstance(i, int) for i in first) and len(set(first)) == 5
     lengths = np.random.default_rng(0).integers(3, 60, size=n).astype(np.uint16)
-    grouped = ResumableSampler(n, seed=1, lengths=lengths, batch_size=64)
-    order = np.fromiter(iter(grouped), dtype=np.int64, count=n)
+    grouped = iter(TrainingStream(n, seed=1, lengths=lengths, group=64))
+    order = np.fromiter((i for _, i in itertools.islice(grouped, n)), dtype=np.int64, count=n)
     assert np.array_equal(np.sort(order), np.arange(n))
     batches = order[: (n // 64) * 64].reshape(-1, 64)
     assert (lengths[batches].max(1) - lengths[batches].min(1)).mean() < 3

@@ -1,6 +1,7 @@
 """Resume is exact to the bit, with workers and with DDP; DDP equals one device on the same samples."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,26 +12,6 @@ from transformers import AutoTokenizer
 from conftest import REPO, TINY_MODEL, scalars
 from training.data import PackedBlocks, encode_split, text_files
 
-# Runs step 3 like training/run_training.py, but kills every process of the run (all ranks) with
-# SIGKILL right after the checkpoint of step KILL_AT is on disk: a crash at a known point.
-KILLING_RUNNER = """
-import os, signal, sys
-from training import trainer_setup
-from training.run_training import main
-
-KILL_AT = int(os.environ["KILL_AT_STEP"])
-save = trainer_setup.AtomicCheckpointIO.save_checkpoint
-
-def save_then_die(self, checkpoint, path, storage_options=None):
-    save(self, checkpoint, path, storage_options)
-    if checkpoint["global_step"] == KILL_AT:
-        os.killpg(0, signal.SIGKILL)
-
-trainer_setup.AtomicCheckpointIO.save_checkpoint = save_then_die
-main(sys.argv[1:])
-"""
-
-
 def job_args(pipeline_run, job, *extra):
     corpus = pipeline_run["corpus"]
     return ["--job-dir", str(job), "--path-to-train-set", f"{corpus}/train", "--path-to-val-set",
@@ -39,25 +20,22 @@ def job_args(pipeline_run, job, *extra):
             "--fill-mask-samples", "0", *extra]
 
 
-def run(args, kill_at=None, runner=None):
-    script = [sys.executable, str(runner)] if kill_at else [sys.executable, "training/run_training.py"]
-    env = dict(os.environ, KILL_AT_STEP=str(kill_at or 0))
-    result = subprocess.run([*script, *args], cwd=REPO, capture_output=True, text=True, env=env,
-                            start_new_session=True)  # its own process group: the kill spares pytest
-    if kill_at:
-        assert result.returncode == -9, result.stderr[-2000:]
-    else:
-        assert result.returncode == 0, result.stderr[-3000:]
+def run(args, returncode=0, **interrupt):
+    """Step 3 in its own process group (a kill spares pytest), interrupted as tests/interrupting_runner.py
+    reads `interrupt` (KILL_AT_STEP=..., SIGNAL_AT_STEP=...), or not at all."""
+    env = dict(os.environ, **{k: str(v) for k, v in interrupt.items()})
+    result = subprocess.run([sys.executable, "tests/interrupting_runner.py", *args], cwd=REPO, capture_output=True,
+                            text=True, env=env, start_new_session=True, timeout=300)
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
 
-def batches_per_epoch(pipeline_run, tmp_path, world: int = 1, batch: int = 16) -> int:
+def steps_per_epoch(pipeline_run, tmp_path, samples_per_step: int) -> int:
     tokenizer_file = os.path.join(pipeline_run["tokenizer"], "tokenizer.json")
     tokenizer = AutoTokenizer.from_pretrained(pipeline_run["tokenizer"])
     split = encode_split(text_files(os.path.join(pipeline_run["corpus"], "train"), "train"), tokenizer_file,
                          str(tmp_path / "cache"), tokenizer.eos_token_id)
-    per_rank = -(-len(PackedBlocks(split, 64, tokenizer.bos_token_id)) // world)
-    return -(-per_rank // batch)
+    return -(-len(PackedBlocks(split, 64, tokenizer.bos_token_id)) // samples_per_step)
 
 
 def final_state(job) -> dict:
@@ -72,32 +50,32 @@ def assert_identical(a: dict, b: dict) -> None:
     assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b)))
 
 
-@pytest.mark.parametrize("extra, where", [
-    ([], "mid-epoch"), ([], "epoch-end"), (["--num-workers", "2"], "mid-epoch"),
-    (["--devices", "2", "--strategy", "ddp", "--batch-size", "8"], "mid-epoch"),
-    (["--accumulate-grad-batches", "2"], "mid-epoch"),
-], ids=["one-process", "one-process-epoch-end", "two-workers", "two-process-ddp", "accumulating"])
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path, pipeline_run, extra, where):
-    ddp = "ddp" in extra
-    epoch = batches_per_epoch(pipeline_run, tmp_path, world=2 if ddp else 1, batch=8 if ddp else 16)
-    if "--accumulate-grad-batches" in extra:  # optimizer steps per epoch (the last one may take fewer batches)
-        epoch = -(-epoch // 2)
+@pytest.mark.parametrize("extra, interrupt", [
+    ([], "kill"), (["--num-workers", "2"], "kill"), (["--accumulate-grad-batches", "2"], "kill"),
+    (["--devices", "2", "--strategy", "ddp", "--batch-size", "8"], "SIGTERM to rank 1"),
+], ids=["one-process", "two-workers", "accumulating", "two-process-ddp-signal-to-one-rank"])
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, pipeline_run, extra, interrupt):
+    epoch = steps_per_epoch(pipeline_run, tmp_path, 32 if "--accumulate-grad-batches" in extra else 16)
     assert epoch >= 2
-    every, steps = (3 if epoch % 3 else 4, 2 * epoch + 2) if where == "mid-epoch" else (epoch, 3 * epoch - 1)
-    kill_at = every * (epoch // every + 1)  # the first checkpoint after the first epoch's end
-    assert kill_at < steps and (kill_at % epoch != 0) == (where == "mid-epoch"), (epoch, every, kill_at)
+    every, steps = 3, 2 * epoch + 2
+    stop_at = every * (epoch // every + 1)  # the first checkpoint after the first epoch's end: the stream goes on
     common = ["--max-steps", str(steps), "--checkpoint-every-n-steps", str(every), "--validate-every-n-steps", "4",
               "--log-every-n-steps", "1", *extra]
-    runner = tmp_path / "killing_runner.py"
-    runner.write_text(KILLING_RUNNER)
     run(job_args(pipeline_run, tmp_path / "whole", *common))
-    run(job_args(pipeline_run, tmp_path / "killed", *common), kill_at=kill_at, runner=runner)
-    assert final_state(tmp_path / "killed")["global_step"] == kill_at
+    if interrupt == "kill":
+        run(job_args(pipeline_run, tmp_path / "killed", *common), -9, KILL_AT_STEP=stop_at)
+    else:  # rank 1 alone gets it as step stop_at begins: every rank stops after that step, none waits
+        stopped = run(job_args(pipeline_run, tmp_path / "killed", *common), 128 + signal.SIGTERM,
+                      SIGNAL_AT_STEP=stop_at - 1, SIGNAL_RANK=1, SIGNAL="SIGTERM")
+        assert f"stopped: by SIGTERM at step {stop_at};" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert final_state(tmp_path / "killed")["global_step"] == stop_at
+    assert os.listdir(tmp_path / "killed" / "checkpoints") == ["last.ckpt"]
     resumed = run(job_args(pipeline_run, tmp_path / "killed", *common))
     assert "resuming from" in resumed.stderr
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "killed"))
     whole, again = (json.load(open(tmp_path / j / "final_metrics.json")) for j in ("whole", "killed"))
     assert whole["val_loss"] == again["val_loss"] and whole["global_step"] == again["global_step"] == steps
+    assert whole["train_tokens"] == again["train_tokens"]
     for tag in ("train/loss", "train/mlm_accuracy", "lr", "val/loss"):  # TensorBoard: the same curves, no gap
         assert scalars(tmp_path / "killed", tag) == scalars(tmp_path / "whole", tag), tag
 

@@ -1,3 +1,5 @@
+import itertools
+import json
 import os
 import signal
 import subprocess
@@ -9,22 +11,23 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, TINY_MODEL, run_script, scalars
-from training.data import ResumableSampler
+from training.data import TrainingStream
 
 
-def test_resumed_sampler_continues_the_epoch_in_the_same_order():
-    full = list(ResumableSampler(100, seed=3, epoch=2))
-    assert sorted(full) == list(range(100)) and full != list(range(100))
-    assert list(ResumableSampler(100, seed=3, epoch=2, skip=40)) == full[40:]
-    assert list(ResumableSampler(100, seed=3, epoch=3)) != full  # a new epoch, a new order
-    resumed = ResumableSampler(100, seed=3, epoch=2, skip=40, with_epoch=True)
-    assert list(resumed) == [(2, i) for i in full[40:]]
-    resumed.set_epoch(3)  # only the first epoch after a resume is shortened
-    assert list(resumed) == [(3, i) for i in ResumableSampler(100, seed=3, epoch=3)]
-    shares = [list(ResumableSampler(101, seed=3, rank=r, world_size=4)) for r in range(4)]
-    assert all(len(s) == 26 for s in shares) and set().union(*shares) == set(range(101))
-    val = [list(ResumableSampler(101, 0, r, 4, shuffle=False)) for r in range(4)]
-    assert sorted(sum(val, [])) == list(range(101))  # validation: disjoint, nothing counted twice
+def take(stream, n):
+    return list(itertools.islice(iter(stream), n))
+
+
+def test_training_stream_goes_on_where_it_stopped_on_any_topology():
+    full = take(TrainingStream(100, seed=3), 250)
+    assert [e for e, _ in full] == [0] * 100 + [1] * 100 + [2] * 50  # epoch after epoch, no end
+    assert sorted(i for _, i in full[:100]) == list(range(100)) and full[:100] != [(0, i) for i in range(100)]
+    assert full[100:200] != full[:100]  # a new epoch, a new order
+    assert take(TrainingStream(100, seed=3, start=40), 60) == full[40:100]
+    # 4 ranks share each global batch: rank r takes positions start + r, start + r + 4, ...
+    shares = [take(TrainingStream(100, seed=3, rank=r, world_size=4, start=40), 30) for r in range(4)]
+    assert sorted(sum(shares, [])) == sorted(full[40:160]) and all(len(set(s)) == 30 for s in shares)
+    assert take(TrainingStream(100, seed=4), 100) != full[:100]
 
 
 def train_args(pipeline_run, job, *extra):
@@ -107,13 +110,13 @@ def test_length_grouped_batches_keep_the_resume_contract():
     import numpy as np
 
     lengths = np.random.default_rng(0).integers(3, 120, size=1000)
-    sampler = lambda **kw: ResumableSampler(1000, seed=5, epoch=1, lengths=lengths, batch_size=32, **kw)
-    full = list(sampler())
+    stream = lambda **kw: TrainingStream(1000, seed=5, lengths=lengths, group=32, **kw)
+    full = [i for _, i in take(stream(), 1000)]
     assert sorted(full) == list(range(1000))
     batches = [full[i : i + 32] for i in range(0, 1000, 32)]
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     assert spread < 10  # similar lengths within a batch (random batches would spread over ~110)
-    assert list(sampler(skip=320)) == full[320:]
+    assert [i for _, i in take(stream(start=320), 680)] == full[320:]
 
 
 def test_max_time_stops_cleanly_then_validates_and_exports(tmp_path, pipeline_run):
@@ -128,3 +131,28 @@ def test_max_time_stops_cleanly_then_validates_and_exports(tmp_path, pipeline_ru
     events = EventAccumulator(os.path.join(job, "tensorboard"))
     events.Reload()
     assert {"throughput/tokens_per_sec", "throughput/samples_per_sec"} <= set(events.Tags()["scalars"])
+
+
+def test_the_checkpoint_a_resume_reads_is_always_the_last_one_written(tmp_path, pipeline_run):
+    from test_exact_resume import final_state, run
+
+    job = tmp_path / "job"
+    args = lambda job, every: train_args(pipeline_run, job, "--max-steps", "9", "--checkpoint-every-n-steps", every,
+                                         "--validate-every-n-steps", "100")
+    checkpoints = lambda job: (os.listdir(job / "checkpoints"), final_state(job)["global_step"])
+    # preempted before the first periodic save: the signal's checkpoint is last.ckpt
+    run(args(job, "4"), 128 + signal.SIGTERM, SIGNAL_AT_STEP=1, SIGNAL="SIGTERM")
+    assert checkpoints(job) == (["last.ckpt"], 2)
+    # resumed with another interval and killed after its first save: still last.ckpt, never last-v1.ckpt
+    run(args(job, "3"), -9, KILL_AT_STEP=6)
+    assert checkpoints(job) == (["last.ckpt"], 6)
+    # moved elsewhere, resumed, and killed while exporting after the final validation
+    moved = tmp_path / "moved"
+    os.replace(job, moved)
+    run(args(moved, "3"), -9, KILL_IN_EXPORT=1)
+    assert checkpoints(moved) == (["last.ckpt"], 9) and not (moved / "final_metrics.json").exists()
+    # rerun: training is done, so it validates and exports, counting every token trained on
+    result = run(args(moved, "3"))
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["global_step"] == 9 and metrics["train_tokens"] == final_state(moved)["seen"][0] > 0
+    assert (moved / "model" / "model.safetensors").is_file() and metrics["val_loss"] > 0

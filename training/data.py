@@ -45,6 +45,19 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def files_fingerprint(files: list[str], edge_bytes: int = 1 << 16) -> str:
+    """A short hash of a split's file names, sizes and first and last bytes: a resume refuses other data
+    at once, without reading a corpus of gigabytes; moving the files elsewhere keeps it."""
+    h = hashlib.sha256()
+    for path in files:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(edge_bytes)
+            f.seek(max(size - edge_bytes, 0))
+            h.update(f"{os.path.basename(path)}\0{size}\0".encode() + head + f.read())
+    return h.hexdigest()[:16]
+
+
 def cache_key(files: list[str], tokenizer_file: str) -> str:
     """Key of a split's cache entry: the tokenizer's content and each file's path, size and modification
     time. Stats, not a content hash, so that a warm start does not read a corpus of gigabytes."""
@@ -77,6 +90,16 @@ class TokenizedSplit:
         return cls(mapped("tokens.bin", meta["dtype"], meta["tokens"]),
                    mapped("offsets.bin", "int64", meta["sentences"] + 1), directory)
 
+    def __getstate__(self) -> dict:
+        # A memory map pickles all its data, and DataLoader workers started by spawn or forkserver (macOS,
+        # Python 3.14) get the dataset pickled: a cached split travels as its directory and is mapped again.
+        return {"directory": self.directory} if self.directory else self.__dict__
+
+    def __setstate__(self, state: dict) -> None:
+        if "tokens" not in state:  # a cached split: map its files again, here in the worker
+            state = vars(TokenizedSplit.load(state["directory"]))
+        self.__dict__.update(state)
+
     def __len__(self) -> int:
         return max(len(self.offsets) - 1, 0)
 
@@ -97,10 +120,27 @@ def read_line_chunks(files: list[str], chunk_bytes: int):
     for path in files:
         with open(path, encoding="utf-8") as fh:
             while True:
-                raw = fh.readlines(chunk_bytes)
+                try:
+                    raw = fh.readlines(chunk_bytes)
+                except UnicodeDecodeError:  # step 1 writes clean UTF-8: this file came from elsewhere
+                    raise UsageError(f"{path!r} is not UTF-8 text ({first_bad_utf8(path)}); pass the split "
+                                     "directories step 1 wrote, or fix the file") from None
                 if not raw:
                     break
                 yield [line.rstrip("\n") for line in raw if line != "\n"], sum(len(line) for line in raw)
+
+
+def first_bad_utf8(path: str) -> str:
+    """Where a file stops being UTF-8: "line N, byte B" (B counted from 0)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {number}, byte {offset + e.start}"
+            offset += len(line)
+    return "its bytes changed while reading"
 
 
 def encode_split(files: list[str], tokenizer_file: str, cache_dir: str, eos_id: int, progress: bool = False,
@@ -180,13 +220,13 @@ class PackedBlocks(Dataset):
     """
 
     def __init__(self, split: TokenizedSplit, length: int, bos_id: int) -> None:
-        self.tokens, self.step, self.bos_id = split.tokens, length - 1, bos_id
+        self.split, self.step, self.bos_id = split, length - 1, bos_id  # the split, not its array: pickles small
 
     def __len__(self) -> int:
-        return -(-len(self.tokens) // self.step)
+        return -(-len(self.split.tokens) // self.step)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        chunk = self.tokens[i * self.step : (i + 1) * self.step].astype(np.int64)
+        chunk = self.split.tokens[i * self.step : (i + 1) * self.step].astype(np.int64)
         return torch.from_numpy(np.concatenate(([self.bos_id], chunk)))
 
 
@@ -304,7 +344,7 @@ class MaskedLMCollator:
 
 
 class KeyedSamples(Dataset):
-    """The training set served as (mask key, sequence), for indices (epoch, i) from ResumableSampler."""
+    """The training set served as (mask key, sequence), for indices (epoch, i) from TrainingStream."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -366,45 +406,41 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.
     return np.concatenate([batches.reshape(-1), order[full * batch :]])
 
 
-class ResumableSampler(Sampler[int]):
-    """Shuffles with (seed, epoch), gives each rank a disjoint share, and can start mid-epoch.
+class TrainingStream(Sampler[tuple[int, int]]):
+    """The training samples as one endless stream of (epoch, index): epoch after epoch, each shuffled
+    with (seed, epoch), so that position p of the stream depends only on the seed and the data.
 
-    The order depends only on the seed and the epoch, so a resumed run skips the samples the
-    interrupted run already trained on and sees the rest of the epoch in the same order.
-    With `lengths` and `batch_size`, each global batch (batch size x ranks) holds sequences of
-    similar length, so dynamic padding wastes little; the batches themselves stay in random order.
-    The order is a numpy array of 32-bit indices, yielded one by one: 20M sentences cost 80 MB, not a
-    Python list of 20M integers. With `with_epoch`, yields (epoch, index) pairs (see KeyedSamples).
+    Rank r of `world_size` takes positions start + r, start + r + world_size, ...: a step of
+    `world_size` batches of B takes exactly the next B x world_size positions, whatever B and the
+    number of ranks, so a run resumed at `start` (the samples already consumed) on other hardware or
+    with another batch size goes on with the very samples the first run would have taken, none
+    skipped or repeated. No epoch ever ends for Lightning, so no rank pads its share and no step is
+    cut short at an epoch's end. With `lengths`, each run of `group` positions (the global batch the
+    job started with, kept across resumes) holds sentences of similar length (see group_by_length).
+    Each epoch's order is a numpy array of 32-bit indices: 20M sentences cost 80 MB.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 epoch: int = 0, skip: int = 0, lengths: np.ndarray | None = None, batch_size: int = 1,
-                 with_epoch: bool = False) -> None:
-        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
-        self.with_epoch = with_epoch
-        self.epoch, self.skip, self.lengths, self.batch_size = epoch, skip, lengths, batch_size
-        self.per_rank = -(-n // world_size) if shuffle else len(range(rank, n, world_size))
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 lengths: np.ndarray | None = None, group: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world_size, self.start = n, seed, rank, world_size, start
+        self.lengths, self.group = lengths, group
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)
+        rng.shuffle(order)
+        if self.lengths is not None:
+            order = group_by_length(order, self.lengths, self.group, rng)
+        return order
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)
-        if self.shuffle:
-            rng.shuffle(order)
-            if self.lengths is not None:
-                order = group_by_length(order, self.lengths, self.batch_size * self.world_size, rng)
-            if self.per_rank * self.world_size > self.n:  # equal shares, so ranks step together
-                order = np.concatenate([order, order[: self.per_rank * self.world_size - self.n]])
-        mine = order[self.rank :: self.world_size]
-        skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
-        if self.with_epoch:
-            return zip(itertools.repeat(self.epoch), map(int, mine[skip:]))
-        return map(int, mine[skip:])
-
-    def __len__(self) -> int:
-        return self.per_rank
+        position, epoch, order = self.start + self.rank, -1, None
+        while True:
+            e, k = divmod(position, self.n)
+            if e != epoch:
+                epoch, order = e, self.epoch_order(e)
+            yield epoch, int(order[k])
+            position += self.world_size
 
 
 class MaskedLMDataModule(pl.LightningDataModule):
@@ -426,7 +462,8 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.packing, self.num_workers, self.seed, self.pin_memory = packing, num_workers, seed, pin_memory
         self.max_val_sentences, self.progress = max_val_sentences, progress
         self.attend_across_sentences = attend_across_sentences
-        self.resume_position = (0, 0)  # (epoch, batches already trained in it), restored from a checkpoint
+        self.resume_state: dict[str, int] = {}  # restored from a checkpoint (see state_dict)
+        self.group = batch_size
 
     def prepare_data(self) -> None:
         if getattr(self, "train_set", None) is not None:  # the final validate calls this again
@@ -461,16 +498,20 @@ class MaskedLMDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        epoch, batches_done = self.resume_position
         rank, world = self._rank()
+        saved = self.resume_state
+        self.group = saved.get("group", self.batch_size * world)  # the stream's layout stays the job's first
+        start = saved.get("samples", 0)
+        if saved and rank == 0:
+            epoch, k = divmod(start, len(self.train_set))
+            log.warning("resuming the training data at sample %s (epoch %d, %s of %s), saved by %s x %s "
+                        "sequences x %s accumulated, now %d x %d x %d", f"{start:,}", epoch, f"{k:,}",
+                        f"{len(self.train_set):,}", saved.get("world", "?"), saved.get("batch", "?"),
+                        saved.get("accumulate", "?"), world, self.batch_size, self.trainer.accumulate_grad_batches)
         lengths = None if self.packing else self.train_set.split.lengths()  # for grouping by length
-        sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, epoch=epoch,
-                                   skip=batches_done * self.batch_size, lengths=lengths, batch_size=self.batch_size,
-                                   with_epoch=True)
-        if sampler.skip >= len(sampler):  # stopped right at the end of an epoch: the next one starts afresh
-            sampler.epoch, sampler.skip = epoch + 1, 0
+        sampler = TrainingStream(len(self.train_set), self.seed, rank, world, start, lengths, self.group)
         return DataLoader(
-            KeyedSamples(self.train_set, self.seed), batch_size=self.batch_size, sampler=sampler, drop_last=False,
+            KeyedSamples(self.train_set, self.seed), batch_size=self.batch_size, sampler=sampler,
             collate_fn=self.train_collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
@@ -479,15 +520,16 @@ class MaskedLMDataModule(pl.LightningDataModule):
         rank, world = self._rank()  # each rank scores a disjoint part; the module sums over ranks
         return DataLoader(
             # 4x the training batch: no gradients to hold, and larger products ran 1.3x faster on a CPU.
-            self.val_set, batch_size=4 * self.batch_size,
-            sampler=ResumableSampler(len(self.val_set), 0, rank, world, False),
+            self.val_set, batch_size=4 * self.batch_size, sampler=range(rank, len(self.val_set), world),
             collate_fn=partial(pad_masked, pad_id=self.tokenizer.pad_token_id), num_workers=0,
         )
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands in the data: saved in every checkpoint, so a resume continues there."""
+        """Where training stands in the data (samples consumed, over all ranks) and the layout it was
+        consumed in: saved in every checkpoint, so a resume continues there, on any hardware."""
         trainer = self.trainer
-        return {"epoch": trainer.current_epoch, "batches": trainer.lightning_module.batches_this_epoch}
+        return {"samples": trainer.lightning_module.samples_consumed, "group": self.group,
+                "world": trainer.world_size, "batch": self.batch_size, "accumulate": trainer.accumulate_grad_batches}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.resume_position = (state_dict.get("epoch", 0), state_dict.get("batches", 0))
+        self.resume_state = state_dict

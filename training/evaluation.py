@@ -40,7 +40,8 @@ def evaluate(model: RobertaForMaskedLM, sample: FixedMaskedSample, pad_id: int, 
             tensors = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             loss, correct, n = masked_lm_loss(model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"],
                                               masked_most=batch["masked_most"], masked_total=batch["masked_total"])
-            sums += torch.stack([loss.double() * n, correct.double(), n.double()]).cpu()
+            loss, correct, n = torch.stack([loss.detach().float(), correct.float(), n.float()]).cpu().double()
+            sums += torch.stack([loss * n, correct, n])  # summed in float64 on the host: MPS has none
     loss_sum, correct, n = sums.tolist()
     loss = loss_sum / max(n, 1.0)
     return {"loss": loss, "perplexity": perplexity(loss), "mlm_accuracy": correct / max(n, 1.0),

@@ -4,32 +4,32 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from common import Interrupted, UsageError
-from training.data import MaskedLMDataModule, file_sha256
+from training.data import MaskedLMDataModule, file_sha256, files_fingerprint
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
 from training.schedule import SCHEDULES
 from training.devices import apply_plan, check_strategy, device_type, plan_for_device
-from training.trainer_setup import build_trainer
+from training.trainer_setup import StopRequested, build_trainer, tensorboard_logger
 from training.watch import FillMaskSamples, log_token_embeddings, read_watch_texts
 
 log = logging.getLogger("training")
 # What must match for a checkpoint to be resumed into the current run.
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see the README's schedule table
-RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing",
-                "vocab_size", "tokenizer_sha256")
+RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing", "seed",
+                "vocab_size", "tokenizer_sha256", "train_data")
 
 
 @dataclass
@@ -101,6 +101,7 @@ def validate_config(cfg: TrainingConfig) -> None:
         (cfg.validate_every_n_steps >= 1 and cfg.checkpoint_every_n_steps >= 1,
          "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
         (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
+        (0 <= cfg.seed < 2**32, f"--seed must be between 0 and {2**32 - 1} (what numpy accepts), got {cfg.seed}"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (cfg.warmup_ratio is None or 0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
@@ -193,13 +194,19 @@ def load_pretrained(model_dir: str, tokenizer: PreTrainedTokenizerBase):
     return model
 
 
+def resume_checkpoint(cfg: TrainingConfig) -> str | None:
+    """JOB/checkpoints/last.ckpt when this run resumes from it; only reads the job directory."""
+    last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
+    if cfg.resume is False or not os.path.isfile(last):
+        return None
+    return last
+
+
 def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
-    """Create the job directory; return the checkpoint to resume from, if any."""
+    """Create the job directory (global rank 0 only); return the checkpoint to resume from, if any."""
     try:
         os.makedirs(cfg.job_dir, exist_ok=True)
-        probe = os.path.join(cfg.job_dir, ".write-test")
-        open(probe, "w").close()
-        os.remove(probe)
+        tempfile.TemporaryFile(dir=cfg.job_dir).close()  # a unique probe: processes never collide
     except OSError as e:
         raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
@@ -209,18 +216,18 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
         with open(run_file) as f:
             previous = json.load(f)
     if cfg.resume is False and (os.path.exists(last) or previous):
-        archive = os.path.join(cfg.job_dir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.makedirs(archive)
+        archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
         for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
             if os.path.exists(os.path.join(cfg.job_dir, name)):
                 shutil.move(os.path.join(cfg.job_dir, name), archive)
         log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
         previous = None
-    resume_from = last if cfg.resume is not False and os.path.isfile(last) else None
+    resume_from = resume_checkpoint(cfg)
     if cfg.resume and resume_from is None:
         raise UsageError(f"--resume given but {last!r} does not exist; drop --resume to start a new run")
     if previous:
-        changed = [k for k in RUN_IDENTITY if previous.get("identity", {}).get(k) != identity.get(k)]
+        changed = [k for k in RUN_IDENTITY if k in previous.get("identity", {})
+                   and previous["identity"][k] != identity.get(k)]
         if changed:
             raise UsageError(
                 f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
@@ -243,6 +250,7 @@ def quiet_library_noise() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # validation sums are reduced over ranks first
 
 
 def _checkpoint_step(path: str) -> int:
@@ -259,29 +267,23 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     validate_config(cfg)
     quiet_library_noise()
     tokenizer, tokenizer_file = load_tokenizer(cfg.tokenizer_path or cfg.init_from or "data/tokenizer")
-    watch_texts = read_watch_texts(cfg.watch_texts, tokenizer) if cfg.watch_texts else None
+    watch_texts = read_watch_texts(cfg.watch_texts, tokenizer, cfg.max_seq_length) if cfg.watch_texts else None
     pretrained = load_pretrained(cfg.init_from, tokenizer) if cfg.init_from else None
     if pretrained is not None and cfg.max_seq_length > pretrained.config.max_position_embeddings - 2:
         raise UsageError(f"--max-seq-length {cfg.max_seq_length} exceeds the --init-from model's "
                          f"{pretrained.config.max_position_embeddings - 2} positions")
-    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:6]}
+    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:7]}  # those set by flags
     if pretrained is not None:
         c = pretrained.config
         identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
                         num_heads=c.num_attention_heads)
     identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
     check_strategy(cfg.strategy)
-    processes = local_processes(cfg.devices)
     plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
-                           processes_per_node=processes, log_every_n_steps=cfg.log_every_n_steps)
+                           processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
-    effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * processes * cfg.num_nodes
-    log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d devices x %d nodes)",
-             cfg.lr_schedule, " or ".join(x for x in (max_steps and f"{max_steps} steps",
-                                                      max_seconds and f"{max_seconds:.0f} s of training") if x),
-             effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, processes, cfg.num_nodes)
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
@@ -290,7 +292,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         num_workers=plan.num_workers, pin_memory=plan.pin_memory, seed=cfg.seed,
         max_val_sentences=cfg.max_val_sentences, progress=cfg.progress,
     )
-    resume_from = prepare_job_dir(cfg, identity)
+    identity["train_data"] = files_fingerprint(datamodule.train_files)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = MaskedLMModule(
         vocab_size=len(tokenizer), model_size=cfg.model_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -305,24 +307,37 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
-    trainer, clock, stopper = build_trainer(
+    trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.accumulate_grad_batches, cfg.progress,
-        purge_step=_checkpoint_step(resume_from) if resume_from else None,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
         extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
         if watch_texts or cfg.fill_mask_samples else [],
     )
+    # Launchers (Lightning's, torchrun, srun) start this script once per process: global rank 0 alone prepares
+    # the job directory; the others only read it, and reach the checkpoint after rank 0 has joined the process
+    # group, so after it has finished (LastCheckpoint.setup checks that they agree).
+    if trainer.is_global_zero:
+        last.resume_from = prepare_job_dir(cfg, identity)
+        trainer.logger = tensorboard_logger(cfg.job_dir, _checkpoint_step(last.resume_from) if last.resume_from else None)
+    else:
+        last.resume_from = resume_checkpoint(cfg)
+        trainer.logger = tensorboard_logger(cfg.job_dir)  # writes nothing off rank 0
+    effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
+    log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d processes)",
+             cfg.lr_schedule, " or ".join(x for x in (max_steps and f"{max_steps} steps",
+                                                      max_seconds and f"{max_seconds:.0f} s of training") if x),
+             effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, trainer.world_size)
     module.elapsed_seconds = lambda: clock.budget_seconds  # the schedule reads the clock that stops the run
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)  # our own job's file
-    except SIGTERMException:  # raised by Lightning after the step in which GracefulStop saved the checkpoint
-        pass
-    if stopper.received is not None:
-        raise Interrupted(f"by {signal.Signals(stopper.received).name} at step {trainer.global_step}; checkpoint in "
-                          f"{stopper.checkpoint_path}; run the same command again to resume", stopper.received)
-    trainer.save_checkpoint(stopper.checkpoint_path)  # last.ckpt holds the final step, whatever the interval
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last.resume_from, weights_only=False)  # our own file
+    except StopRequested as stop:  # every rank saved the checkpoint at the same step
+        raise Interrupted(f"by {signal.Signals(stop.signum).name} at step {trainer.global_step}; checkpoint in "
+                          f"{last.path}; run the same command again to resume", stop.signum) from None
+    # last.ckpt holds the final step, whatever the interval; a rerun after a kill during the final validation or
+    # export (the fit loop then returns at once) comes here too, with the counts restored from it
+    trainer.save_checkpoint(last.path, weights_only=False)
     if module.last_validated_step != trainer.global_step:  # stopped between validations (or by --max-time)
         trainer.validate(module, datamodule=datamodule, verbose=False)
     m = trainer.callback_metrics

@@ -8,7 +8,7 @@ from transformers import RobertaConfig, RobertaForMaskedLM
 
 from common import PipelineError
 from training.data import mask_key
-from training.devices import default_attention
+from training.devices import accumulator_dtype, default_attention
 from training.schedule import Schedule
 
 
@@ -124,6 +124,23 @@ def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention
     return loss / n.clamp(min=1), correct, n
 
 
+def align_batch_progress(checkpoint: dict, accumulate_grad_batches: int) -> None:
+    """Put Lightning's restored batch counters on this run's step grid: global step x K batches.
+
+    Lightning decides accumulation windows and validations by counting batches (its loop state in the
+    checkpoint), so after a resume with another --accumulate-grad-batches its count would put every
+    window and validation off the optimizer steps (a validation every n steps might never come). The
+    training stream never ends an epoch, so every checkpoint is at step x K batches of the old K; this
+    shifts all counters by the same amount. The one place that reads Lightning's loop state
+    (tests/test_topology.py fails if its layout changes).
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    shift = checkpoint["global_step"] * accumulate_grad_batches - progress["total"]["ready"]
+    for counters in (progress["total"], progress["current"]):
+        for name in ("ready", "started", "processed", "completed"):
+            counters[name] += shift
+
+
 class MaskedLMModule(pl.LightningModule):
     def __init__(
         self, vocab_size: int, model_size: str = "base", hidden_size: int | None = None, num_layers: int | None = None,
@@ -151,9 +168,11 @@ class MaskedLMModule(pl.LightningModule):
         if dropout is not None:
             self.config.hidden_dropout_prob = self.config.attention_probs_dropout_prob = dropout
         self.model = RobertaForMaskedLM(self.config)
-        # Non-pad tokens, samples and labelled tokens (for MFU) this rank has trained on, checkpointed. Not a
-        # buffer: DDP copies rank 0's buffers over the other ranks' at every step.
+        # Non-pad tokens, samples and labelled tokens (for MFU) this rank has trained on in this process, and
+        # the totals over all ranks before it (from the checkpoint). Not a buffer: DDP copies rank 0's buffers
+        # over the other ranks' at every step.
         self.seen = torch.zeros(3, dtype=torch.long)
+        self.seen_before = [0, 0, 0]
         if compile:  # in place, so the state dict keeps its plain names; the sparse last layer stays eager
             for layer in self.model.roberta.encoder.layer[:-1]:
                 layer.compile()
@@ -164,8 +183,8 @@ class MaskedLMModule(pl.LightningModule):
         self._window_bad: torch.Tensor | None = None
         self.elapsed_seconds = lambda: 0.0  # training seconds so far, the same on every rank (TrainingClock)
         self.last_validated_step = -1
-        self.total_train_tokens = 0  # over all ranks, set when training ends
-        self.batches_this_epoch = 0  # counted before checkpoint callbacks run, so a resume skips exactly these
+        self.total_train_tokens = 0  # over all ranks, set with each checkpoint
+        self.samples_consumed = 0  # of the training stream, all ranks: where a resume goes on (TrainingStream)
         self._step_log: tuple[torch.Tensor, float] | None = None  # (loss, accuracy) on the device, and the lr
 
     def setup(self, stage: str) -> None:
@@ -175,29 +194,32 @@ class MaskedLMModule(pl.LightningModule):
                                            else self.hparams.attention)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["seen"] = self.seen.tolist()
+        # Every rank saves together (Trainer.save_checkpoint), so the counts can be summed over ranks here.
+        seen = self.trainer.strategy.reduce(self.seen.clone(), reduce_op="sum").tolist()
+        checkpoint["seen"] = [int(a + b) for a, b in zip(self.seen_before, seen)]
+        self.total_train_tokens = checkpoint["seen"][0]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         old = [checkpoint["state_dict"].pop(f"train_{k}", 0) for k in ("tokens", "samples", "masked")]  # 2025 buffers
-        self.seen = torch.tensor(checkpoint.get("seen", [int(x) for x in old]), dtype=torch.long)
+        self.seen_before = [int(x) for x in checkpoint.get("seen", old)]
+        self.total_train_tokens = self.seen_before[0]
         data = checkpoint.get("MaskedLMDataModule", {})  # Lightning stores the datamodule's state by class name
-        self.batches_this_epoch = data.get("batches", 0)  # until the first step, should a checkpoint come first
+        self.samples_consumed = data.get("samples", 0)
+        align_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # Dropout (if any) draws from a generator keyed by the seed, rank and batch: a resumed run draws
-        # the same, with no random state to save (the masks are keyed by sample, see MaskedLMCollator).
-        torch.manual_seed(mask_key(self.hparams.seed, self.global_rank, self.trainer.current_epoch, batch_idx))
+        # Dropout (if any) draws from a generator keyed by the seed, rank and position in the data: a resumed
+        # run draws the same, with no random state to save (the masks are keyed by sample, see MaskedLMCollator).
+        torch.manual_seed(mask_key(self.hparams.seed, self.global_rank, self.samples_consumed))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # Lightning's batch_idx counts on across a mid-epoch resume and restarts at 0 in the epoch after
-        # one that ended right at the checkpoint (a hook-driven counter missed that reset and skipped data).
-        self.batches_this_epoch = batch_idx + 1
+        self.samples_consumed += len(batch["input_ids"]) * self.trainer.world_size  # every rank's batch is full
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           batch.get("segment_ids"), batch.get("position_ids"),
                                           batch.get("masked_most"), batch.get("masked_total"))
         bad = ~torch.isfinite(loss.detach())
         first = self._window_masked is None
-        self._window_masked = n.double() if first else self._window_masked + n
+        self._window_masked = n.to(accumulator_dtype(n.device)) if first else self._window_masked + n
         self._window_bad = bad if first else self._window_bad | bad
         if self.seen.device != n.device:
             self.seen = self.seen.to(n.device)
@@ -273,16 +295,14 @@ class MaskedLMModule(pl.LightningModule):
                 f"{self.global_step}); lower --lr or use --precision 32-true; the last good checkpoint is kept"
             )
 
-    def on_train_end(self) -> None:
-        self.total_train_tokens = int(self.trainer.strategy.reduce(self.seen[0].double(), reduce_op="sum"))
-
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._val_sums = torch.zeros(3, dtype=accumulator_dtype(self.device), device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           masked_most=batch.get("masked_most"), masked_total=batch.get("masked_total"))
-        self._val_sums += torch.stack([loss.double() * n, correct.double(), n.double()])
+        dtype = self._val_sums.dtype
+        self._val_sums += torch.stack([loss.to(dtype) * n, correct.to(dtype), n.to(dtype)])
 
     def on_validation_epoch_end(self) -> None:
         # Sum over all batches and ranks first, then divide: the mean over masked tokens, not over batches.

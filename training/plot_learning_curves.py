@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from common import UsageError, run_main
+from common import PipelineError, UsageError, run_main
 
 PANELS = [
     ("loss", ["train/loss", "val/loss"]),
@@ -50,7 +50,10 @@ def run_scalars(job_dir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an environment installed without it (--no-deps, or before it was a dependency)
+        raise PipelineError("this script needs matplotlib, which is not installed; pip install matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,17 +1,20 @@
-"""Lightning Trainer set-up: TensorBoard, checkpoints, graceful stops and a training clock."""
+"""Lightning Trainer set-up: TensorBoard, the checkpoint a resume reads, stops on signals and a training clock."""
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.callbacks import Callback, Checkpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from transformers import RobertaConfig
 
+from common import UsageError
 from training.devices import DevicePlan, peak_flops
 from training.model import flops_per_token
 
@@ -27,81 +30,92 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """last.ckpt every n optimizer steps; at a step that also validates, after the validation.
+class StopRequested(Exception):
+    """Every rank agreed to stop on a signal and the checkpoint is written (see LastCheckpoint)."""
 
-    Lightning treats a checkpoint written before a validation as if the validation had run, so a run
-    killed during it would resume without it: a gap in the validation curve, at the default intervals
-    (both 500) at every checkpoint. Written after it, a kill during validation resumes from the checkpoint
-    before, and validates again.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption, Ctrl+C, SLURM's --signal=USR1@...
+
+
+class LastCheckpoint(Checkpoint):
+    """JOB/checkpoints/last.ckpt, the one file a resume reads, always under that name: every
+    `every_n_steps` optimizer steps, and when a stop signal (SIGTERM, SIGINT, SIGUSR1) reaches any rank.
+
+    A due step that also validates is saved after the validation: Lightning treats a checkpoint
+    written before a validation as if the validation had run, so a run killed during it would resume
+    without it. A signal only sets a flag; at the next optimizer-step boundary that is a multiple of
+    `check_every_n_steps`, the ranks agree (one all-reduce) and all of them save at that step and stop,
+    with no validation, so that no rank waits in a collective for the others. A second Ctrl+C aborts.
+    A Checkpoint subclass, so Lightning runs it after the other callbacks (the clock logs the step first).
     """
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        validates = trainer.enable_validation and isinstance(trainer.val_check_batch, int) and \
-            (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0  # as Lightning decides
-        if not validates:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+    def __init__(self, path: str, every_n_steps: int, validate_every_n_steps: int, check_every_n_steps: int = 1,
+                 resume_from: str | None = None) -> None:
+        self.path, self.every_n_steps, self.validate_every_n_steps = path, every_n_steps, validate_every_n_steps
+        self.check_every_n_steps, self.resume_from = check_every_n_steps, resume_from
+        self.received: int | None = None  # the signal this process got
+        self._previous: dict[int, Any] = {}
+        self._saved_step = self._last_step = -1
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A step due for a checkpoint that has none yet: on_train_batch_end left it to this validation.
-        if trainer.global_step % self._every_n_train_steps == 0 and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_validation_end(trainer, pl_module)
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Every rank resumes from what it found on disk; rank 0 prepared the job directory. They must agree.
+        if trainer.world_size > 1 and trainer.strategy.broadcast(self.resume_from, src=0) != self.resume_from:
+            raise UsageError(f"rank {trainer.global_rank} sees {self.resume_from or 'no checkpoint'} in the job "
+                             "directory but rank 0 does not; put --job-dir on a filesystem shared by all nodes")
 
-
-class GracefulStop(Callback):
-    """On SIGTERM (preemption) or SIGINT, finish the current step, save last.ckpt and stop.
-
-    Lightning's own SIGTERM handler tells the other ranks and raises SIGTERMException between steps;
-    SIGINT gets a handler here so that Ctrl+C no longer aborts in the middle of a step.
-    """
-
-    def __init__(self, checkpoint_path: str) -> None:
-        self.checkpoint_path = checkpoint_path
-        self.received: int | None = None
-        self._sigint = self._sigterm_held = False
-        self._previous_sigint: Any = None
-        self._last_step = -1
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._sigint:  # a second Ctrl+C: stop waiting for the step to end
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:  # a second Ctrl+C: stop waiting for the step
             raise KeyboardInterrupt
-        self._sigint = True
-        log.warning("received SIGINT: saving a checkpoint after the current step (press again to abort)")
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        self.received = signum
+        log.warning("received %s: saving a checkpoint at the next step%s", signal.Signals(signum).name,
+                    " (press Ctrl+C again to abort)" if signum == signal.SIGINT else "")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        # After Lightning's own handlers (registered just before), which would stop only the rank that got it.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        self._saved_step = self._last_step = trainer.global_step
 
-    def _save(self, trainer: pl.Trainer, signum: int) -> None:
-        self.received = signum
-        trainer.save_checkpoint(self.checkpoint_path)
-        log.warning("checkpoint saved at step %d to %s", trainer.global_step, self.checkpoint_path)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step != self._saved_step:
+            trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all sum counts
+            self._saved_step = trainer.global_step
+
+    def _stop_signal(self, trainer: pl.Trainer) -> int:
+        """The signal that any rank received (0: none); the same on every rank."""
+        if trainer.world_size == 1:
+            return self.received or 0
+        flag = torch.tensor(float(self.received or 0), device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
-        if trainer.received_sigterm and not stepped:
-            # mid-way through accumulating a step: hold Lightning's SIGTERM back until the optimizer has
-            # stepped, so that the checkpoint never lacks gradients that its data position counts as done
-            trainer._signal_connector.received_sigterm, self._sigterm_held = False, True
-        if self._sigterm_held and stepped:
-            trainer._signal_connector.received_sigterm = True  # Lightning raises after this hook
-        if self._sigint and self.received is None and stepped:
-            self._save(trainer, signal.SIGINT)
-            trainer.should_stop = True
+        step = trainer.global_step
+        stepped, self._last_step = step != self._last_step, step
+        if not stepped:  # mid-way through accumulating: a checkpoint never lacks gradients its data counts as done
+            return
+        signum = self._stop_signal(trainer) if step % self.check_every_n_steps == 0 else 0
+        if signum:
+            self.save(trainer)
+            log.warning("checkpoint saved at step %d to %s", step, self.path)
+            raise StopRequested(signum)
+        validates = step % self.validate_every_n_steps == 0 or trainer.should_stop  # Lightning validates on a stop
+        if step % self.every_n_steps == 0 and not validates:
+            self.save(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Lightning raises this between steps once SIGTERM has arrived, so the state is consistent here.
-        if isinstance(exception, SIGTERMException) and self.received is None:
-            self._save(trainer, signal.SIGTERM)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer)
 
 
 class TrainingClock(Callback):
@@ -174,7 +188,7 @@ class TrainingClock(Callback):
             metrics["throughput/tokens_per_sec"] = per_device * trainer.world_size
             metrics["throughput/samples_per_sec"] = (samples - samples_then) / (now - then) * trainer.world_size
             # For plots against tokens seen and training time (training/plot_learning_curves.py).
-            metrics["progress/tokens_seen"] = float(tokens * trainer.world_size)
+            metrics["progress/tokens_seen"] = float(pl_module.seen_before[0] + tokens * trainer.world_size)
             metrics["progress/train_seconds"] = now
             if self.peak_flops and self.config is not None:
                 rate = (masked - masked_then) / (tokens - tokens_then)  # ~13.5% at 15%: special tokens never masked
@@ -220,38 +234,51 @@ class TrainingClock(Callback):
         self.prior_seconds = self._synced = state_dict.get("seconds", 0.0)
 
 
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, counting towards --max-steps: the training stream has no epochs to count."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        steps = self.trainer.max_steps
+        return steps * self.trainer.accumulate_grad_batches if steps > 0 else float("inf")
+
+
+def tensorboard_logger(job_dir: str, purge_step: int | None = None) -> TensorBoardLogger:
+    """JOB/tensorboard; on resume, `purge_step` drops what the interrupted run logged after its checkpoint."""
+    return TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False,
+                             purge_step=purge_step)
+
+
 def build_trainer(
     job_dir: str, plan: DevicePlan, max_steps: int | None, validate_every_n_steps: int, checkpoint_every_n_steps: int,
     accelerator: str = "auto", devices: str | int = "auto", strategy: str = "auto", num_nodes: int = 1,
     max_seconds: float | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
-    accumulate_grad_batches: int = 1,
-    progress: bool = True, purge_step: int | None = None, config: RobertaConfig | None = None, seq_len: int = 128,
+    accumulate_grad_batches: int = 1, progress: bool = True, config: RobertaConfig | None = None, seq_len: int = 128,
     peak_tflops: float | None = None, started: float | None = None, extra_callbacks: list[Callback] | None = None,
-) -> tuple[pl.Trainer, TrainingClock, GracefulStop]:
-    """A Lightning Trainer with the plan's precision; the module clips gradients itself (see
+) -> tuple[pl.Trainer, TrainingClock, LastCheckpoint]:
+    """A Lightning Trainer with the plan's precision and no logger yet (the caller adds `tensorboard_logger`
+    once it knows where the run resumes); the module clips gradients itself (see
     MaskedLMModule.configure_gradient_clipping), Lightning passes it `gradient_clip_val`. `max_seconds`
-    (--max-time) is kept by the TrainingClock, not Lightning's Timer: the schedule and the stop read the same seconds."""
+    (--max-time) is kept by the TrainingClock, not Lightning's Timer: the schedule and the stop read the same
+    seconds. Built before anything is written, so that `trainer.global_rank` tells which process prepares the job."""
     clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started,
                           max_seconds, plan.check_every_n_steps)
-    stopper = GracefulStop(os.path.join(job_dir, "checkpoints", "last.ckpt"))
-    checkpoints = StepCheckpoint(
-        dirpath=os.path.join(job_dir, "checkpoints"), filename="step-{step}", every_n_train_steps=checkpoint_every_n_steps,
-        save_top_k=0, save_last=True,  # one rolling last.ckpt: enough to resume, no disk creep
-    )
-    callbacks = [checkpoints, clock, stopper, *(extra_callbacks or [])]
+    checkpoint = LastCheckpoint(os.path.join(job_dir, "checkpoints", "last.ckpt"), checkpoint_every_n_steps,
+                                validate_every_n_steps, plan.check_every_n_steps)
+    callbacks = [clock, checkpoint, *(extra_callbacks or [])]
     if progress:  # each refresh reads the loss back from the device: on a GPU, not every step
-        callbacks.append(TQDMProgressBar(refresh_rate=plan.check_every_n_steps))
-    # On resume, purge_step tells TensorBoard to drop what the interrupted run logged after its checkpoint.
-    logger = TensorBoardLogger(save_dir=job_dir, name="tensorboard", version="", default_hp_metric=False,
-                               purge_step=purge_step)
+        callbacks.append(StepProgressBar(refresh_rate=plan.check_every_n_steps))
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # Lightning's requeue handler saves inside the signal handler, on one rank
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
         precision=plan.precision, max_steps=max_steps if max_steps else -1, accumulate_grad_batches=accumulate_grad_batches,
         max_epochs=-1, val_check_interval=validate_every_n_steps * accumulate_grad_batches,  # Lightning counts batches
         check_val_every_n_epoch=None,
         log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val or None,
-        callbacks=callbacks, logger=logger, enable_progress_bar=progress,
+        callbacks=callbacks, logger=False, enable_progress_bar=progress,  # LastCheckpoint replaces the default
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
-        plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # our sampler shards by rank and resumes
+        plugins=plugins, use_distributed_sampler=False,  # our sampler shards by rank and resumes
     )
-    return trainer, clock, stopper
+    return trainer, clock, checkpoint

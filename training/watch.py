@@ -11,21 +11,29 @@ from training.data import TokenizedSplit, pad_rows
 FILL_MASK_TAG = "fill_mask/samples"
 
 
-def read_watch_texts(path: str, tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The lines of --watch-texts, each checked to hold exactly one <mask>."""
+def watch_ids(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> list[int]:
+    """A watched text's input ids as the fill-mask table feeds them: <s> text </s>, cut to `max_length`."""
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+
+def read_watch_texts(path: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int = 128) -> list[str]:
+    """The lines of --watch-texts, each checked to hold exactly one <mask> within `max_seq_length` tokens."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f if line.strip()]
+            lines = [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read --watch-texts {path!r} ({e}); pass a UTF-8 text file") from None
     mask = tokenizer.mask_token
-    for number, line in enumerate(lines, 1):
+    for number, line in lines:
         if line.count(mask) != 1:
             raise UsageError(f"--watch-texts {path!r} line {number} has {line.count(mask)} {mask} tokens; "
                              f"write one {mask} per line")
+        if tokenizer.mask_token_id not in watch_ids(tokenizer, line, max_seq_length):
+            raise UsageError(f"--watch-texts {path!r} line {number} has its {mask} past --max-seq-length "
+                             f"{max_seq_length} tokens; shorten the line or raise --max-seq-length")
     if not lines:
         raise UsageError(f"--watch-texts {path!r} is empty; write lines with one {mask} each")
-    return lines
+    return [line for _, line in lines]
 
 
 class FillMaskSamples(Callback):
@@ -41,15 +49,15 @@ class FillMaskSamples(Callback):
         self.tokenizer, self.watch_texts, self.count, self.seed, self.top_k = tokenizer, watch_texts, count, seed, top_k
         self.examples: list[tuple[list[int], str]] | None = None  # (input ids with one <mask>, expected token)
 
-    def _build(self, split: TokenizedSplit) -> list[tuple[list[int], str]]:
+    def _build(self, split: TokenizedSplit, max_length: int = 128) -> list[tuple[list[int], str]]:
         tok = self.tokenizer
-        if self.watch_texts:
-            return [(tok(text, truncation=True, max_length=128)["input_ids"], "") for text in self.watch_texts]
+        if self.watch_texts:  # read_watch_texts checked that each <mask> survives the cut
+            return [(watch_ids(tok, text, max_length), "") for text in self.watch_texts]
         rng = np.random.default_rng([self.seed, 3])
         candidates = rng.choice(len(split), min(len(split), 50 * self.count), replace=False)
         examples = []
         for i in candidates:
-            body = split.sentence(int(i))[:126].tolist()
+            body = split.sentence(int(i))[: max_length - 2].tolist()
             words = [p for p, t in enumerate(tok.convert_ids_to_tokens(body)) if t.startswith("Ġ")]
             if len(body) < 3 or not words:
                 continue
@@ -65,7 +73,8 @@ class FillMaskSamples(Callback):
         if not trainer.is_global_zero or trainer.logger is None:
             return
         if self.examples is None:
-            self.examples = self._build(trainer.datamodule.val_set.sentences.split)
+            data = trainer.datamodule
+            self.examples = self._build(data.val_set.sentences.split, data.max_seq_length)
         if not self.examples:
             return
         trainer.logger.experiment.add_text(FILL_MASK_TAG, self.table(pl_module.model), global_step=trainer.global_step)

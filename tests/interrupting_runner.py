@@ -1,0 +1,58 @@
+"""Step 3 as training/run_training.py runs it, interrupted at a known point, for the resume tests.
+
+Environment: KILL_AT_STEP=N kills every process of the run (all ranks) with SIGKILL right after the
+checkpoint of step N is on disk; SIGNAL_AT_STEP=N with SIGNAL_RANK=R and SIGNAL=SIGTERM|SIGINT sends
+that signal to global rank R alone as step N+1 begins; KILL_IN_EXPORT=1 kills the run when the model is
+being exported; SAMPLES_LOG=DIR appends each training sample a process reads, as "epoch index", to
+DIR/<pid>.txt.
+"""
+import os
+import signal
+import sys
+
+from common import run_main
+from training import job, trainer_setup
+from training.data import KeyedSamples
+from training.model import MaskedLMModule
+from training.run_training import main
+
+env = os.environ
+if env.get("KILL_AT_STEP"):
+    save = trainer_setup.AtomicCheckpointIO.save_checkpoint
+
+    def save_then_die(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        if checkpoint["global_step"] == int(env["KILL_AT_STEP"]):
+            os.killpg(0, signal.SIGKILL)
+
+    trainer_setup.AtomicCheckpointIO.save_checkpoint = save_then_die
+
+if env.get("SIGNAL_AT_STEP"):
+    batch_start = MaskedLMModule.on_train_batch_start
+
+    def signal_once(self, batch, batch_idx):
+        if self.global_step == int(env["SIGNAL_AT_STEP"]) and self.global_rank == int(env.get("SIGNAL_RANK", 0)) \
+                and not getattr(self, "_signalled", False):
+            self._signalled = True
+            os.kill(os.getpid(), getattr(signal, env.get("SIGNAL", "SIGTERM")))
+        return batch_start(self, batch, batch_idx)
+
+    MaskedLMModule.on_train_batch_start = signal_once
+
+if env.get("KILL_IN_EXPORT"):
+    def die(*args, **kwargs):
+        os.killpg(0, signal.SIGKILL)
+
+    job.export_model = die
+
+if env.get("SAMPLES_LOG"):
+    getitem = KeyedSamples.__getitem__
+
+    def logged(self, index):
+        with open(os.path.join(env["SAMPLES_LOG"], f"{os.getpid()}.txt"), "a") as f:
+            f.write(f"{index[0]} {index[1]}\n")
+        return getitem(self, index)
+
+    KeyedSamples.__getitem__ = logged
+
+sys.exit(run_main(lambda: main(sys.argv[1:])))

@@ -1,0 +1,58 @@
+"""A resumed run goes on from the samples already consumed, on other hardware, batch size or accumulation;
+another seed or other training data is refused."""
+import collections
+import glob
+import json
+import os
+import shutil
+
+from conftest import run_script, scalars
+from test_exact_resume import final_state, job_args, run
+
+
+def trained_samples(log_dir, per_process: int) -> collections.Counter:
+    """The samples each process of a run trained on: the first `per_process` it read (the loader reads ahead)."""
+    seen = collections.Counter()
+    for path in glob.glob(os.path.join(log_dir, "*.txt")):
+        lines = open(path).read().splitlines()
+        assert len(lines) >= per_process, (path, len(lines), per_process)
+        seen.update(lines[:per_process])
+    return seen
+
+
+def test_a_run_resumed_on_another_topology_trains_on_the_same_samples(tmp_path, pipeline_run):
+    steps, stop_at = 12, 6  # 16 samples a step before and after: 1 process x 16, then 2 x 4 x 2 accumulated
+    common = ["--max-steps", str(steps), "--checkpoint-every-n-steps", "3", "--validate-every-n-steps", "4",
+              "--log-every-n-steps", "1", "--no-packing"]  # grouped by length: the layout must survive the resume
+    for name in ("whole", "first", "second"):
+        os.makedirs(tmp_path / name)
+    run(job_args(pipeline_run, tmp_path / "whole", *common), SAMPLES_LOG=tmp_path / "whole")
+    run(job_args(pipeline_run, tmp_path / "job", *common), -9, KILL_AT_STEP=stop_at, SAMPLES_LOG=tmp_path / "first")
+    resumed = run(job_args(pipeline_run, tmp_path / "job", *common, "--devices", "2", "--strategy", "ddp",
+                           "--batch-size", "4", "--accumulate-grad-batches", "2"), SAMPLES_LOG=tmp_path / "second")
+    assert "resuming the training data at sample 96 " in resumed.stderr and "now 2 x 4 x 2" in resumed.stderr
+    whole = trained_samples(tmp_path / "whole", steps * 16)
+    assert trained_samples(tmp_path / "first", stop_at * 16) + \
+        trained_samples(tmp_path / "second", (steps - stop_at) * 8) == whole
+    assert final_state(tmp_path / "job")["seen"][1] == steps * 16
+    # Validations stay on the step grid after the change of accumulation, and the model is the same one
+    assert [s for s, _ in scalars(tmp_path / "job", "val/loss")] == [s for s, _ in scalars(tmp_path / "whole", "val/loss")]
+    a, b = (json.load(open(tmp_path / j / "final_metrics.json")) for j in ("whole", "job"))
+    assert abs(a["val_loss"] - b["val_loss"]) < 1e-3 and a["train_tokens"] == b["train_tokens"], (a, b)
+
+
+def test_a_changed_seed_or_training_data_is_refused(tmp_path, pipeline_run):
+    job = tmp_path / "job"
+    os.makedirs(job)
+    shutil.copy(os.path.join(pipeline_run["job"], "run_config.json"), job)  # the identity of a run in progress
+    args = job_args(pipeline_run, job, "--max-steps", "1")
+    result = run_script("training/run_training.py", *args, "--seed", "7", check=False)
+    assert result.returncode == 2 and "different seed;" in result.stderr and "Traceback" not in result.stderr
+    other = tmp_path / "train"
+    shutil.copytree(os.path.join(pipeline_run["corpus"], "train"), other)
+    with open(next(other.glob("*.txt")), "a") as f:
+        f.write("one more product title\n")
+    args[args.index("--path-to-train-set") + 1] = str(other)
+    result = run_script("training/run_training.py", *args, check=False)
+    assert result.returncode == 2 and "different train_data;" in result.stderr
+    assert "Traceback" not in result.stderr
