@@ -1,12 +1,13 @@
 # make demo: venv + install + the whole pipeline on the bundled sample (CPU, < 10 minutes)
 # make test: venv + install + the test suite
+# make test-lowest: a second venv with the lowest versions pyproject.toml allows + the tests that cover them
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 1500
 
-.PHONY: install demo test images clean
+.PHONY: install demo test test-lowest images clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,5 +39,21 @@ images: install
 test: install
 	$(PY) -m pytest
 
+# Each direct dependency at its lower bound (.ci/lowest.txt), in a fresh venv so that nothing newer lingers;
+# the tests cover training, resume, export and the corpus readers (datasets).
+LOWEST ?= .venv-lowest
+LOWEST_TESTS ?= tests/test_end_to_end.py tests/test_exact_resume.py tests/test_reliability.py tests/test_corpus.py
+
+$(LOWEST)/.installed: pyproject.toml .ci/lowest.txt
+	rm -rf $(LOWEST)
+	python3 -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt torch
+	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt -e ".[test]"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE "^($$(sed -n 's/==.*//p' .ci/lowest.txt | paste -sd'|')) "
+	$(LOWEST)/bin/python -m pytest $(LOWEST_TESTS) -x -q
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LOWEST) runs .pytest_cache
