@@ -1,8 +1,10 @@
 """Step 3 as training/run_training.py runs it, interrupted at a known point, for the resume tests.
 
 Environment: KILL_AT_STEP=N kills every process of the run (all ranks) with SIGKILL right after the
-checkpoint of step N is on disk; SIGNAL_AT_STEP=N with SIGNAL_RANK=R and SIGNAL=SIGTERM|SIGINT sends
-that signal to global rank R alone as step N+1 begins; KILL_IN_EXPORT=1 kills the run when the model is
+checkpoint of step N is on disk; SIGNAL_AT_STEP=N with SIGNAL_RANK=R and SIGNAL=SIGTERM|SIGINT|SIGUSR1
+sends that signal to global rank R alone as step N+1 begins (to the whole process group, dataloader workers
+included, with SIGNAL_GROUP=1), or, with SIGNAL_AT_STEP=loader, as rank R builds its training dataloader
+(after Lightning would have installed its own handlers); KILL_IN_EXPORT=1 kills the run when the model is
 being exported; SAMPLES_LOG=DIR appends each training sample a process reads, as "epoch index", to
 DIR/<pid>.txt.
 """
@@ -12,7 +14,7 @@ import sys
 
 from common import run_main
 from training import job, trainer_setup
-from training.data import KeyedSamples
+from training.data import KeyedSamples, MaskedLMDataModule
 from training.model import MaskedLMModule
 from training.run_training import main
 
@@ -27,14 +29,29 @@ if env.get("KILL_AT_STEP"):
 
     trainer_setup.AtomicCheckpointIO.save_checkpoint = save_then_die
 
-if env.get("SIGNAL_AT_STEP"):
+
+
+def send_signal(rank: int) -> None:
+    if rank == int(env.get("SIGNAL_RANK", 0)):
+        signum = getattr(signal, env.get("SIGNAL", "SIGTERM"))
+        os.killpg(0, signum) if env.get("SIGNAL_GROUP") else os.kill(os.getpid(), signum)
+
+
+if env.get("SIGNAL_AT_STEP") == "loader":
+    train_dataloader = MaskedLMDataModule.train_dataloader
+
+    def signal_then_load(self):
+        send_signal(self.trainer.global_rank)
+        return train_dataloader(self)
+
+    MaskedLMDataModule.train_dataloader = signal_then_load
+elif env.get("SIGNAL_AT_STEP"):
     batch_start = MaskedLMModule.on_train_batch_start
 
     def signal_once(self, batch, batch_idx):
-        if self.global_step == int(env["SIGNAL_AT_STEP"]) and self.global_rank == int(env.get("SIGNAL_RANK", 0)) \
-                and not getattr(self, "_signalled", False):
+        if self.global_step == int(env["SIGNAL_AT_STEP"]) and not getattr(self, "_signalled", False):
             self._signalled = True
-            os.kill(os.getpid(), getattr(signal, env.get("SIGNAL", "SIGTERM")))
+            send_signal(self.global_rank)
         return batch_start(self, batch, batch_idx)
 
     MaskedLMModule.on_train_batch_start = signal_once

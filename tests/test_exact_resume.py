@@ -51,23 +51,28 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("extra, interrupt", [
-    ([], "kill"), (["--num-workers", "2"], "kill"), (["--accumulate-grad-batches", "2"], "kill"),
-    (["--devices", "2", "--strategy", "ddp", "--batch-size", "8"], "SIGTERM to rank 1"),
-], ids=["one-process", "two-workers", "accumulating", "two-process-ddp-signal-to-one-rank"])
+    ([], "kill"), (["--accumulate-grad-batches", "2"], "kill"),
+    (["--num-workers", "2"], dict(SIGNAL="SIGUSR1", SIGNAL_GROUP=1)),  # as srun signals: workers too
+    (["--devices", "2", "--strategy", "ddp", "--batch-size", "8"], dict(SIGNAL="SIGTERM", SIGNAL_RANK=1)),
+], ids=["one-process", "accumulating", "two-workers-signal-to-the-group", "two-process-ddp-signal-to-one-rank"])
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, pipeline_run, extra, interrupt):
     epoch = steps_per_epoch(pipeline_run, tmp_path, 32 if "--accumulate-grad-batches" in extra else 16)
     assert epoch >= 2
     every, steps = 3, 2 * epoch + 2
     stop_at = every * (epoch // every + 1)  # the first checkpoint after the first epoch's end: the stream goes on
+    if interrupt != "kill":  # a signal: at a step that validates (every 4), which must not be lost
+        stop_at = 4 * (epoch // 4 + 1)
+    assert stop_at < steps
     common = ["--max-steps", str(steps), "--checkpoint-every-n-steps", str(every), "--validate-every-n-steps", "4",
               "--log-every-n-steps", "1", *extra]
     run(job_args(pipeline_run, tmp_path / "whole", *common))
     if interrupt == "kill":
         run(job_args(pipeline_run, tmp_path / "killed", *common), -9, KILL_AT_STEP=stop_at)
-    else:  # rank 1 alone gets it as step stop_at begins: every rank stops after that step, none waits
-        stopped = run(job_args(pipeline_run, tmp_path / "killed", *common), 128 + signal.SIGTERM,
-                      SIGNAL_AT_STEP=stop_at - 1, SIGNAL_RANK=1, SIGNAL="SIGTERM")
-        assert f"stopped: by SIGTERM at step {stop_at};" in stopped.stderr and "Traceback" not in stopped.stderr
+    else:  # sent as step stop_at begins (to rank 1 alone under DDP): every rank stops after it, none waits
+        name = interrupt["SIGNAL"]
+        stopped = run(job_args(pipeline_run, tmp_path / "killed", *common), 128 + getattr(signal, name),
+                      SIGNAL_AT_STEP=stop_at - 1, **interrupt)
+        assert f"stopped: by {name} at step {stop_at};" in stopped.stderr and "Traceback" not in stopped.stderr
     assert final_state(tmp_path / "killed")["global_step"] == stop_at
     assert os.listdir(tmp_path / "killed" / "checkpoints") == ["last.ckpt"]
     resumed = run(job_args(pipeline_run, tmp_path / "killed", *common))

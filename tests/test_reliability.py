@@ -122,10 +122,16 @@ def test_length_grouped_batches_keep_the_resume_contract():
 def test_max_time_stops_cleanly_then_validates_and_exports(tmp_path, pipeline_run):
     import json
 
+    from test_exact_resume import final_state, run
+
     job = tmp_path / "job"
-    run_script("training/run_training.py", *train_args(pipeline_run, job, "--max-steps", "100000", "--max-time", "6",
-                                                       "--validate-every-n-steps", "100000", "--no-packing"))
+    args = train_args(pipeline_run, job, "--max-steps", "100000", "--max-time", "6", "--validate-every-n-steps",
+                      "100000", "--no-packing")
+    run(args, -9, KILL_IN_EXPORT=1)  # killed after the budget, while exporting: the rerun trains no more
+    spent = final_state(job)["global_step"]
+    run_script("training/run_training.py", *args)
     metrics = json.load(open(job / "final_metrics.json"))
+    assert metrics["global_step"] == spent
     assert 0 < metrics["global_step"] < 100000 and metrics["train_seconds"] < 30
     assert (job / "model" / "model.safetensors").is_file() and metrics["val_loss"] > 0
     events = EventAccumulator(os.path.join(job, "tensorboard"))
@@ -152,7 +158,32 @@ def test_the_checkpoint_a_resume_reads_is_always_the_last_one_written(tmp_path, 
     run(args(moved, "3"), -9, KILL_IN_EXPORT=1)
     assert checkpoints(moved) == (["last.ckpt"], 9) and not (moved / "final_metrics.json").exists()
     # rerun: training is done, so it validates and exports, counting every token trained on
+    trained = final_state(moved)["seen"][0]
     result = run(args(moved, "3"))
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    assert metrics["global_step"] == 9 and metrics["train_tokens"] == final_state(moved)["seen"][0] > 0
+    assert metrics["global_step"] == 9 and metrics["train_tokens"] == trained > 0
     assert (moved / "model" / "model.safetensors").is_file() and metrics["val_loss"] > 0
+
+
+def test_a_signal_while_lightning_sets_up_stops_every_rank_at_the_first_step(tmp_path, pipeline_run):
+    from test_exact_resume import final_state, run
+
+    # rank 1 alone, after Lightning would have put in its own handler (which broadcasts on that rank only)
+    result = run(train_args(pipeline_run, tmp_path / "job", "--max-steps", "50", "--devices", "2", "--strategy",
+                            "ddp", "--batch-size", "8"), 128 + signal.SIGTERM, SIGNAL_AT_STEP="loader", SIGNAL_RANK=1)
+    assert "stopped: by SIGTERM at step 1;" in result.stderr and final_state(tmp_path / "job")["global_step"] == 1
+
+
+def test_sigusr1_under_slurm_saves_then_requeues_the_job(tmp_path, pipeline_run):
+    from test_exact_resume import run
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = dict(SLURM_NTASKS=1, SLURM_PROCID=0, SLURM_LOCALID=0, SLURM_NODEID=0, SLURM_JOB_ID=4242,
+                 SLURM_JOB_NAME="lm", SLURM_NODELIST="localhost", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = run(train_args(pipeline_run, tmp_path / "job", "--max-steps", "50", "--devices", "1"),
+                 128 + signal.SIGUSR1, SIGNAL_AT_STEP=2, SIGNAL="SIGUSR1", **slurm)
+    assert "stopped: by SIGUSR1 at step 3;" in result.stderr and "requeued SLURM job 4242" in result.stderr
+    assert open(tmp_path / "scontrol.log").read().split() == ["requeue", "4242"]

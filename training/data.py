@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -394,6 +395,13 @@ def pad_masked(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> d
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **masked_counts(labels)}
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: a stop signal sent to the whole process group (srun, kill -- -PGID) must not
+    kill the workers mid-step; the training process saves and stops, and its workers with it."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def group_by_length(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator,
                     pool: int = 50) -> np.ndarray:
     """Sort each run of `pool` batches by length, then shuffle whole batches (as Hugging Face's
@@ -463,6 +471,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.max_val_sentences, self.progress = max_val_sentences, progress
         self.attend_across_sentences = attend_across_sentences
         self.resume_state: dict[str, int] = {}  # restored from a checkpoint (see state_dict)
+        self.prepare_data_per_node = False  # global rank 0 tokenises: the job directory is shared by all nodes
         self.group = batch_size
 
     def prepare_data(self) -> None:
@@ -502,6 +511,9 @@ class MaskedLMDataModule(pl.LightningDataModule):
         saved = self.resume_state
         self.group = saved.get("group", self.batch_size * world)  # the stream's layout stays the job's first
         start = saved.get("samples", 0)
+        if "batches" in saved:  # written before the stream (2026): batches per rank in an epoch of the same order
+            start = saved.get("epoch", 0) * len(self.train_set) + min(saved["batches"] * self.group, len(self.train_set))
+        self.trainer.lightning_module.samples_consumed = start
         if saved and rank == 0:
             epoch, k = divmod(start, len(self.train_set))
             log.warning("resuming the training data at sample %s (epoch %d, %s of %s), saved by %s x %s "
@@ -510,11 +522,19 @@ class MaskedLMDataModule(pl.LightningDataModule):
                         saved.get("accumulate", "?"), world, self.batch_size, self.trainer.accumulate_grad_batches)
         lengths = None if self.packing else self.train_set.split.lengths()  # for grouping by length
         sampler = TrainingStream(len(self.train_set), self.seed, rank, world, start, lengths, self.group)
-        return DataLoader(
+        self.train_loader = DataLoader(
             KeyedSamples(self.train_set, self.seed), batch_size=self.batch_size, sampler=sampler,
             collate_fn=self.train_collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals,
         )
+        return self.train_loader
+
+    def shutdown_workers(self) -> None:
+        """End the training loader's workers. They ignore SIGTERM (see ignore_stop_signals), which is how
+        Python's exit ends them, and Lightning leaves them running when a run stops during a validation."""
+        iterator = getattr(getattr(self, "train_loader", None), "_iterator", None)  # torch's, with persistent workers
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank()  # each rank scores a disjoint part; the module sums over ranks

@@ -4,6 +4,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import warnings
@@ -21,7 +22,7 @@ from training.model_card import corpus_manifest, model_card, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
 from training.schedule import SCHEDULES
 from training.devices import apply_plan, check_strategy, device_type, plan_for_device
-from training.trainer_setup import StopRequested, build_trainer, tensorboard_logger
+from training.trainer_setup import StopRequested, StopSignals, build_trainer, tensorboard_logger
 from training.watch import FillMaskSamples, log_token_embeddings, read_watch_texts
 
 log = logging.getLogger("training")
@@ -261,6 +262,25 @@ def _checkpoint_step(path: str) -> int:
                          "pass --no-resume to start over") from None
 
 
+def requeue_slurm_job() -> None:
+    """After SIGUSR1 under SLURM (`#SBATCH --signal=USR1@90`, Lightning's convention), put the job back in the
+    queue, as Lightning's auto-requeue would, but after the checkpoint is on disk."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job_id:
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    except OSError as e:
+        log.warning("could not requeue SLURM job %s (%s); resubmit it to resume", job_id, e.strerror)
+        return
+    if result.returncode == 0:
+        log.warning("requeued SLURM job %s", job_id)
+    else:
+        log.warning("scontrol requeue %s failed (%s); resubmit it to resume", job_id, result.stderr.strip()[:200])
+
+
 def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
     started = time.perf_counter()
@@ -292,7 +312,6 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         num_workers=plan.num_workers, pin_memory=plan.pin_memory, seed=cfg.seed,
         max_val_sentences=cfg.max_val_sentences, progress=cfg.progress,
     )
-    identity["train_data"] = files_fingerprint(datamodule.train_files)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = MaskedLMModule(
         vocab_size=len(tokenizer), model_size=cfg.model_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -307,18 +326,20 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     )
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
+    signals = StopSignals()
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.accumulate_grad_batches, cfg.progress,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
         extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
-        if watch_texts or cfg.fill_mask_samples else [],
+        if watch_texts or cfg.fill_mask_samples else [], signals=signals,
     )
     # Launchers (Lightning's, torchrun, srun) start this script once per process: global rank 0 alone prepares
     # the job directory; the others only read it, and reach the checkpoint after rank 0 has joined the process
     # group, so after it has finished (LastCheckpoint.setup checks that they agree).
     if trainer.is_global_zero:
+        identity["train_data"] = files_fingerprint(datamodule.train_files)
         last.resume_from = prepare_job_dir(cfg, identity)
         trainer.logger = tensorboard_logger(cfg.job_dir, _checkpoint_step(last.resume_from) if last.resume_from else None)
     else:
@@ -331,13 +352,18 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
              effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, trainer.world_size)
     module.elapsed_seconds = lambda: clock.budget_seconds  # the schedule reads the clock that stops the run
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last.resume_from, weights_only=False)  # our own file
+        with signals:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last.resume_from, weights_only=False)  # our file
+            # last.ckpt holds the final step, whatever the interval; a rerun after a kill during the final
+            # validation or export (the fit loop then returns at once) comes here too, with the restored counts
+            last.save(trainer)
     except StopRequested as stop:  # every rank saved the checkpoint at the same step
+        if stop.signum == signal.SIGUSR1 and trainer.is_global_zero:
+            requeue_slurm_job()
         raise Interrupted(f"by {signal.Signals(stop.signum).name} at step {trainer.global_step}; checkpoint in "
                           f"{last.path}; run the same command again to resume", stop.signum) from None
-    # last.ckpt holds the final step, whatever the interval; a rerun after a kill during the final validation or
-    # export (the fit loop then returns at once) comes here too, with the counts restored from it
-    trainer.save_checkpoint(last.path, weights_only=False)
+    finally:
+        datamodule.shutdown_workers()
     if module.last_validated_step != trainer.global_step:  # stopped between validations (or by --max-time)
         trainer.validate(module, datamodule=datamodule, verbose=False)
     m = trainer.callback_metrics

@@ -130,13 +130,14 @@ def align_batch_progress(checkpoint: dict, accumulate_grad_batches: int) -> None
     Lightning decides accumulation windows and validations by counting batches (its loop state in the
     checkpoint), so after a resume with another --accumulate-grad-batches its count would put every
     window and validation off the optimizer steps (a validation every n steps might never come). The
-    training stream never ends an epoch, so every checkpoint is at step x K batches of the old K; this
-    shifts all counters by the same amount. The one place that reads Lightning's loop state
+    training stream never ends an epoch, so the batches of this "epoch" (current) and of the run (total)
+    are both step x K; each is shifted there, keeping the gaps between its counters (a checkpoint saved at a
+    batch's end has it ready but not yet completed). The one place that writes Lightning's loop state
     (tests/test_topology.py fails if its layout changes).
     """
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-    shift = checkpoint["global_step"] * accumulate_grad_batches - progress["total"]["ready"]
     for counters in (progress["total"], progress["current"]):
+        shift = checkpoint["global_step"] * accumulate_grad_batches - counters["ready"]
         for name in ("ready", "started", "processed", "completed"):
             counters[name] += shift
 
@@ -195,7 +196,8 @@ class MaskedLMModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Every rank saves together (Trainer.save_checkpoint), so the counts can be summed over ranks here.
-        seen = self.trainer.strategy.reduce(self.seen.clone(), reduce_op="sum").tolist()
+        seen = self.seen.to(self.trainer.strategy.root_device, copy=True)  # a copy: the reduction is in place
+        seen = self.trainer.strategy.reduce(seen, reduce_op="sum").tolist()
         checkpoint["seen"] = [int(a + b) for a, b in zip(self.seen_before, seen)]
         self.total_train_tokens = checkpoint["seen"][0]
 
@@ -203,8 +205,6 @@ class MaskedLMModule(pl.LightningModule):
         old = [checkpoint["state_dict"].pop(f"train_{k}", 0) for k in ("tokens", "samples", "masked")]  # 2025 buffers
         self.seen_before = [int(x) for x in checkpoint.get("seen", old)]
         self.total_train_tokens = self.seen_before[0]
-        data = checkpoint.get("MaskedLMDataModule", {})  # Lightning stores the datamodule's state by class name
-        self.samples_consumed = data.get("samples", 0)
         align_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -286,9 +286,10 @@ class MaskedLMModule(pl.LightningModule):
         if self._bad is None or self.global_step % self.hparams.check_every_n_steps:
             return
         skipped, _, longest = (int(x) for x in self._bad.tolist())  # the only read-back, every few steps
-        if skipped != self.skipped_steps:
+        if skipped != self.skipped_steps:  # written when it changes (Lightning re-logs a value until an epoch ends)
             self.skipped_steps = skipped
-            self.log("train/skipped_steps", float(skipped))
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"train/skipped_steps": float(skipped)}, step=self.global_step - 1)
         if longest >= self.hparams.max_bad_steps:
             raise NonFiniteLossError(
                 f"the loss or its gradients were NaN or infinite for {longest} steps in a row (by step "

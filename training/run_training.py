@@ -4,7 +4,10 @@
         --path-to-val-set data/corpus/validation --path-to-tokenizer data/tokenizer --model-size tiny
 
 Writes JOB/checkpoints/last.ckpt, JOB/tensorboard/, JOB/model/ (for transformers.pipeline("fill-mask"))
-and JOB/final_metrics.json. Re-running with the same --job-dir resumes from the last checkpoint.
+and JOB/final_metrics.json. Re-running with the same --job-dir resumes from the last checkpoint, where the
+data left off, also with other --devices, --num-nodes, --batch-size or --accumulate-grad-batches. SIGTERM,
+SIGINT or SIGUSR1 sent to any process saves that checkpoint on every rank and exits with 128 + the signal.
+Under torchrun or srun, pass --devices (processes per node) and --num-nodes to match the launcher.
 """
 import argparse
 import json
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", dest="resume", action="store_true", default=None,
                    help="continue from JOB/checkpoints/last.ckpt (the default whenever it exists)")
     r.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start over; an earlier run in --job-dir is moved to JOB/previous-<time>/")
+                   help="start over; an earlier run in --job-dir is moved to JOB/previous-<time>-<suffix>/")
     h = p.add_argument_group("hardware (passed to Lightning)")
     h.add_argument("--accelerator", default="auto", help="cpu, gpu, auto... (default: %(default)s)")
     h.add_argument("--devices", default="auto", help="number of devices, a list, or auto (default: %(default)s)")

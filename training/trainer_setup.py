@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.environments import SLURMEnvironment
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from pytorch_lightning.callbacks import Callback, Checkpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -41,31 +41,24 @@ class StopRequested(Exception):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption, Ctrl+C, SLURM's --signal=USR1@...
 
 
-class LastCheckpoint(Checkpoint):
-    """JOB/checkpoints/last.ckpt, the one file a resume reads, always under that name: every
-    `every_n_steps` optimizer steps, and when a stop signal (SIGTERM, SIGINT, SIGUSR1) reaches any rank.
+class StopSignals:
+    """While training (a `with` block around Trainer.fit), SIGTERM, SIGINT and SIGUSR1 only set a flag,
+    which LastCheckpoint acts on between optimizer steps; a second Ctrl+C aborts at once. Outside it the
+    process's own handlers apply (a signal during the final validation or export ends the process, and
+    the rerun finishes them)."""
 
-    A due step that also validates is saved after the validation: Lightning treats a checkpoint
-    written before a validation as if the validation had run, so a run killed during it would resume
-    without it. A signal only sets a flag; at the next optimizer-step boundary that is a multiple of
-    `check_every_n_steps`, the ranks agree (one all-reduce) and all of them save at that step and stop,
-    with no validation, so that no rank waits in a collective for the others. A second Ctrl+C aborts.
-    A Checkpoint subclass, so Lightning runs it after the other callbacks (the clock logs the step first).
-    """
-
-    def __init__(self, path: str, every_n_steps: int, validate_every_n_steps: int, check_every_n_steps: int = 1,
-                 resume_from: str | None = None) -> None:
-        self.path, self.every_n_steps, self.validate_every_n_steps = path, every_n_steps, validate_every_n_steps
-        self.check_every_n_steps, self.resume_from = check_every_n_steps, resume_from
+    def __init__(self) -> None:
         self.received: int | None = None  # the signal this process got
         self._previous: dict[int, Any] = {}
-        self._saved_step = self._last_step = -1
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Every rank resumes from what it found on disk; rank 0 prepared the job directory. They must agree.
-        if trainer.world_size > 1 and trainer.strategy.broadcast(self.resume_from, src=0) != self.resume_from:
-            raise UsageError(f"rank {trainer.global_rank} sees {self.resume_from or 'no checkpoint'} in the job "
-                             "directory but rank 0 does not; put --job-dir on a filesystem shared by all nodes")
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:  # a second Ctrl+C: stop waiting for the step
@@ -74,29 +67,58 @@ class LastCheckpoint(Checkpoint):
         log.warning("received %s: saving a checkpoint at the next step%s", signal.Signals(signum).name,
                     " (press Ctrl+C again to abort)" if signum == signal.SIGINT else "")
 
+
+class LastCheckpoint(Checkpoint):
+    """JOB/checkpoints/last.ckpt, the one file a resume reads, always under that name: every
+    `every_n_steps` optimizer steps, and when a stop signal (see StopSignals) reaches any rank.
+
+    A step that also validates is saved after the validation: Lightning treats a checkpoint written
+    before a validation as if the validation had run, so a run killed during it, or stopped at it, would
+    resume without it. At each optimizer-step boundary that is a multiple of `check_every_n_steps`, the
+    ranks agree on the stop flag (one all-reduce), so that all of them save at the same step and stop,
+    and no rank waits in a collective for the others. A Checkpoint subclass, so Lightning runs it after
+    the other callbacks (the clock logs the step first).
+    """
+
+    def __init__(self, path: str, every_n_steps: int, validate_every_n_steps: int, check_every_n_steps: int = 1,
+                 signals: StopSignals | None = None, resume_from: str | None = None) -> None:
+        self.path, self.every_n_steps, self.validate_every_n_steps = path, every_n_steps, validate_every_n_steps
+        self.check_every_n_steps, self.resume_from = check_every_n_steps, resume_from
+        self.signals = signals or StopSignals()
+        self._saved_step = self._last_step = -1
+        self._stop_after_validation = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Every rank resumes from what it found on disk; rank 0 prepared the job directory. They must agree.
+        if trainer.world_size > 1:
+            differs = trainer.strategy.broadcast(self.resume_from, src=0) != self.resume_from
+            if trainer.strategy.reduce_boolean_decision(differs, all=False):
+                raise UsageError("the ranks disagree on the checkpoint to resume from (rank 0: "
+                                 f"{trainer.strategy.broadcast(self.resume_from, src=0) or 'none'}); put --job-dir on "
+                                 "a filesystem shared by all nodes")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # After Lightning's own handlers (registered just before), which would stop only the rank that got it.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self._saved_step = self._last_step = trainer.global_step
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
     def save(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt unless it already holds this step; on every rank (rank 0 writes, all sum counts)."""
         if trainer.global_step != self._saved_step:
-            trainer.save_checkpoint(self.path, weights_only=False)  # every rank: rank 0 writes, all sum counts
+            trainer.save_checkpoint(self.path, weights_only=False)
             self._saved_step = trainer.global_step
 
     def _stop_signal(self, trainer: pl.Trainer) -> int:
         """The signal that any rank received (0: none); the same on every rank."""
+        received = self.signals.received or 0
         if trainer.world_size == 1:
-            return self.received or 0
-        flag = torch.tensor(float(self.received or 0), device=trainer.strategy.root_device)
+            return received
+        flag = torch.tensor(float(received), device=trainer.strategy.root_device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
+
+    def _stop(self, trainer: pl.Trainer, signum: int) -> None:
+        self.save(trainer)
+        log.warning("checkpoint saved at step %d to %s", trainer.global_step, self.path)
+        raise StopRequested(signum)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -105,16 +127,20 @@ class LastCheckpoint(Checkpoint):
         if not stepped:  # mid-way through accumulating: a checkpoint never lacks gradients its data counts as done
             return
         signum = self._stop_signal(trainer) if step % self.check_every_n_steps == 0 else 0
-        if signum:
-            self.save(trainer)
-            log.warning("checkpoint saved at step %d to %s", step, self.path)
-            raise StopRequested(signum)
         validates = step % self.validate_every_n_steps == 0 or trainer.should_stop  # Lightning validates on a stop
-        if step % self.every_n_steps == 0 and not validates:
+        if signum and validates:
+            self._stop_after_validation = signum
+        elif signum:
+            self._stop(trainer, signum)
+        elif step % self.every_n_steps == 0 and not validates:
             self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit" and trainer.global_step % self.every_n_steps == 0:
+        if trainer.state.fn != "fit":
+            return
+        if self._stop_after_validation:
+            self._stop(trainer, self._stop_after_validation)
+        if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer)
 
 
@@ -212,6 +238,8 @@ class TrainingClock(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._world_size, self._synced, self._last_step = trainer.world_size, self.prior_seconds, trainer.global_step
+        if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
+            trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
         self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -255,6 +283,7 @@ def build_trainer(
     max_seconds: float | None = None, log_every_n_steps: int = 10, gradient_clip_val: float = 1.0,
     accumulate_grad_batches: int = 1, progress: bool = True, config: RobertaConfig | None = None, seq_len: int = 128,
     peak_tflops: float | None = None, started: float | None = None, extra_callbacks: list[Callback] | None = None,
+    signals: StopSignals | None = None,
 ) -> tuple[pl.Trainer, TrainingClock, LastCheckpoint]:
     """A Lightning Trainer with the plan's precision and no logger yet (the caller adds `tensorboard_logger`
     once it knows where the run resumes); the module clips gradients itself (see
@@ -264,13 +293,13 @@ def build_trainer(
     clock = TrainingClock(log_every_n_steps, config, seq_len, peak_tflops, started,
                           max_seconds, plan.check_every_n_steps)
     checkpoint = LastCheckpoint(os.path.join(job_dir, "checkpoints", "last.ckpt"), checkpoint_every_n_steps,
-                                validate_every_n_steps, plan.check_every_n_steps)
+                                validate_every_n_steps, plan.check_every_n_steps, signals)
     callbacks = [clock, checkpoint, *(extra_callbacks or [])]
     if progress:  # each refresh reads the loss back from the device: on a GPU, not every step
         callbacks.append(StepProgressBar(refresh_rate=plan.check_every_n_steps))
     plugins: list[Any] = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # Lightning's requeue handler saves inside the signal handler, on one rank
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():  # as Lightning picks (srun torchrun)
+        plugins.append(SLURMEnvironment(auto_requeue=False))  # its requeue handler saves in the handler, on one rank
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
         precision=plan.precision, max_steps=max_steps if max_steps else -1, accumulate_grad_batches=accumulate_grad_batches,
@@ -281,4 +310,8 @@ def build_trainer(
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=job_dir,
         plugins=plugins, use_distributed_sampler=False,  # our sampler shards by rank and resumes
     )
+    # Lightning's SIGTERM handler (registered inside fit) stops only the rank that got the signal, after a
+    # broadcast made inside the handler on that rank alone: StopSignals handles every stop signal instead.
+    # The one use of a Lightning internal here; tests/test_exact_resume.py signals a rank in that window.
+    trainer._signal_connector.register_signal_handlers = lambda: None
     return trainer, clock, checkpoint
