@@ -31,6 +31,28 @@ def run_script(script: str, *args: str, check: bool = True, **kwargs) -> subproc
     return result
 
 
+def run_in_process(script: str, *args: str, input: str | None = None, check: bool = True):
+    """A script's main() through run_main, as its __main__ runs it, in this process: no new interpreter to
+    import torch, Lightning and transformers into (9 s each here). For what prints or exits, not logs."""
+    import contextlib
+    import importlib
+    import io
+
+    from common import run_main
+
+    main = importlib.import_module(script.removesuffix(".py").replace("/", ".")).main
+    out, err = io.StringIO(), io.StringIO()
+    stdin, sys.stdin = sys.stdin, io.StringIO(input or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_main(lambda: main(list(args)))
+    finally:
+        sys.stdin = stdin
+    if check and code != 0:
+        raise AssertionError(f"{script} failed ({code}):\n{err.getvalue()[-3000:]}")
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def sample_tsv(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("data") / "amazon_reviews_us_test.tsv.gz")

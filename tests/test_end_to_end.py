@@ -5,7 +5,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import pipeline
 
-from conftest import run_script, scalars
+from conftest import run_in_process, run_script, scalars
 
 
 def test_validation_loss_falls_and_metrics_are_written(pipeline_run):
@@ -80,8 +80,8 @@ def test_model_card_and_hparams(pipeline_run):
 
 def test_fill_mask_from_checkpoint_and_stdin(pipeline_run):
     ckpt = os.path.join(pipeline_run["job"], "checkpoints", "last.ckpt")
-    result = run_script("training/run_fill_mask.py", "--checkpoint", ckpt, "-", "--top-k", "2",
-                        input="Soft <mask> Blanket\nBaby <mask> Bottle\n")
+    result = run_in_process("training/run_fill_mask.py", "--checkpoint", ckpt, "-", "--top-k", "2",
+                            input="Soft <mask> Blanket\nBaby <mask> Bottle\n")
     assert "Soft <mask> Blanket" in result.stdout and "Baby <mask> Bottle" in result.stdout
-    bad = run_script("training/run_fill_mask.py", "--checkpoint", ckpt, "no mask here", check=False)
+    bad = run_in_process("training/run_fill_mask.py", "--checkpoint", ckpt, "no mask here", check=False)
     assert bad.returncode == 2 and "exactly once" in bad.stderr

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from conftest import TINY_MODEL, run_script
+from conftest import TINY_MODEL, run_in_process, run_script
+from training import run_evaluation
 from training.data import TrainingStream
 
 
@@ -14,7 +15,7 @@ def count_lines(directory) -> int:
     return sum(1 for f in glob.glob(f"{directory}/*.txt") for line in open(f) if line.strip())
 
 
-def test_run_evaluation_reproduces_the_runs_validation(tmp_path, pipeline_run):
+def test_run_evaluation_reproduces_the_runs_validation(tmp_path, pipeline_run, capsys):
     corpus, job = pipeline_run["corpus"], tmp_path / "job"
     run_script("training/run_training.py", "--job-dir", str(job), "--path-to-train-set", f"{corpus}/train",
                "--path-to-val-set", f"{corpus}/validation", "--path-to-tokenizer", pipeline_run["tokenizer"],
@@ -22,10 +23,11 @@ def test_run_evaluation_reproduces_the_runs_validation(tmp_path, pipeline_run):
                "--no-progress")
     run_loss = json.load(open(job / "final_metrics.json"))["val_loss"]
 
-    def evaluate(*extra):
-        out = run_script("training/run_evaluation.py", "--path-to-val-set", f"{corpus}/validation", "--seed", "7",
-                         "--max-seq-length", "64", "--no-progress", *extra).stdout
-        return json.loads(out.strip().splitlines()[-1])
+    def evaluate(*extra):  # in this process: the script's main, as run_evaluation.py calls it
+        capsys.readouterr()
+        run_evaluation.main(["--path-to-val-set", f"{corpus}/validation", "--seed", "7", "--max-seq-length", "64",
+                             "--no-progress", *extra])
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     export = evaluate("--model-dir", str(job / "model"), "--max-val-sentences", "20")
     assert export["sentences"] == 20 and abs(export["loss"] - run_loss) < 1e-3, (export, run_loss)
@@ -40,10 +42,10 @@ def test_run_evaluation_reproduces_the_runs_validation(tmp_path, pipeline_run):
 
 
 def test_run_evaluation_bad_input_is_one_line(tmp_path, pipeline_run):
-    result = run_script("training/run_evaluation.py", "--model-dir", str(tmp_path), "--no-progress", check=False)
+    result = run_in_process("training/run_evaluation.py", "--model-dir", str(tmp_path), "--no-progress", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = run_script("training/run_evaluation.py", "--model-dir", f"{pipeline_run['job']}/model",
-                        "--max-val-sentences", "-1", check=False)
+    result = run_in_process("training/run_evaluation.py", "--model-dir", f"{pipeline_run['job']}/model",
+                            "--max-val-sentences", "-1", check=False)
     assert result.returncode == 2 and "--max-val-sentences" in result.stderr
 
 

@@ -83,27 +83,3 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, pipeline_run, 
     assert whole["train_tokens"] == again["train_tokens"]
     for tag in ("train/loss", "train/mlm_accuracy", "lr", "val/loss"):  # TensorBoard: the same curves, no gap
         assert scalars(tmp_path / "killed", tag) == scalars(tmp_path / "whole", tag), tag
-
-
-def test_two_process_ddp_equals_one_device_on_the_same_samples(tmp_path, pipeline_run, monkeypatch):
-    # Fewer steps than an epoch: no rank pads its share with repeated samples.
-    common = ["--max-steps", "3", "--validate-every-n-steps", "3", "--dropout", "0", "--lr", "2e-3",
-              "--accumulate-grad-batches", "1"]
-    run(job_args(pipeline_run, tmp_path / "one", *common, "--batch-size", "16", "--devices", "1"))
-    run(job_args(pipeline_run, tmp_path / "ddp", *common, "--batch-size", "8", "--devices", "2", "--strategy", "ddp"))
-    one, ddp = (json.load(open(tmp_path / j / "final_metrics.json")) for j in ("one", "ddp"))
-    assert one["train_tokens"] == ddp["train_tokens"], "the ranks shared the samples of one device's batches"
-    assert abs(one["val_loss"] - ddp["val_loss"]) < 1e-4, (one, ddp)
-    a, b = final_state(tmp_path / "one")["state_dict"], final_state(tmp_path / "ddp")["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-
-
-def test_accumulation_under_ddp_equals_one_device_with_the_whole_batch(tmp_path, pipeline_run):
-    common = ["--max-steps", "2", "--validate-every-n-steps", "2", "--dropout", "0", "--lr", "2e-3"]
-    run(job_args(pipeline_run, tmp_path / "one", *common, "--batch-size", "16", "--devices", "1"))
-    run(job_args(pipeline_run, tmp_path / "acc", *common, "--batch-size", "4", "--accumulate-grad-batches", "2",
-                 "--devices", "2", "--strategy", "ddp"))
-    one, acc = (json.load(open(tmp_path / j / "final_metrics.json")) for j in ("one", "acc"))
-    assert abs(one["val_loss"] - acc["val_loss"]) < 1e-4, (one, acc)
-    card = open(tmp_path / "acc" / "model" / "README.md").read()
-    assert "- effective_batch_size: 16" in card

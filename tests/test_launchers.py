@@ -1,5 +1,6 @@
-"""Training under the launchers users run it with: Lightning's own, torchrun on one node, and torchrun
-on two nodes (here two torchrun processes on loopback, sharing the job directory as a shared filesystem)."""
+"""DDP under the launchers users run it with equals one device on the same samples: Lightning's own
+launcher (also accumulating), torchrun on one node, and torchrun on two nodes (here two torchrun processes
+on loopback, sharing the job directory as a shared filesystem)."""
 import glob
 import json
 import os
@@ -8,11 +9,14 @@ import socket
 import subprocess
 import sys
 
-from conftest import REPO
-from test_exact_resume import job_args, run
+import torch
 
-COMMON = ["--max-steps", "4", "--validate-every-n-steps", "4", "--batch-size", "8", "--strategy", "ddp",
-          "--dropout", "0"]
+from conftest import REPO
+from test_exact_resume import final_state, job_args, run
+
+# Fewer steps than an epoch; every run takes the same 16 samples a step
+COMMON = ["--max-steps", "3", "--validate-every-n-steps", "3", "--dropout", "0", "--lr", "2e-3"]
+DDP = [*COMMON, "--batch-size", "8", "--strategy", "ddp"]
 
 
 def free_port() -> int:
@@ -32,21 +36,30 @@ def finish(*procs: subprocess.Popen) -> None:
         assert proc.returncode == 0, stderr[-3000:]
 
 
-def test_torchrun_and_two_nodes_train_as_lightnings_launcher(tmp_path, pipeline_run):
-    run(job_args(pipeline_run, tmp_path / "lightning", *COMMON, "--devices", "2"))
+def test_ddp_under_every_launcher_equals_one_device(tmp_path, pipeline_run):
+    run(job_args(pipeline_run, tmp_path / "one", *COMMON, "--batch-size", "16", "--devices", "1"))
+    run(job_args(pipeline_run, tmp_path / "lightning", *DDP, "--devices", "2"))
+    run(job_args(pipeline_run, tmp_path / "accumulating", *COMMON, "--batch-size", "4", "--accumulate-grad-batches",
+                 "2", "--strategy", "ddp", "--devices", "2"))
     # An earlier run in the job directory: --no-resume archives it once, whichever rank starts first
     shutil.copytree(tmp_path / "lightning", tmp_path / "torchrun", ignore=shutil.ignore_patterns("cache", "model"))
     finish(torchrun(["--standalone", "--nproc-per-node", "2"],
-                    job_args(pipeline_run, tmp_path / "torchrun", *COMMON, "--devices", "2", "--no-resume")))
+                    job_args(pipeline_run, tmp_path / "torchrun", *DDP, "--devices", "2", "--no-resume")))
     port = str(free_port())
     finish(*(torchrun(["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--master-addr",
                        "127.0.0.1", "--master-port", port],
-                      job_args(pipeline_run, tmp_path / "nodes", *COMMON, "--devices", "1", "--num-nodes", "2"))
+                      job_args(pipeline_run, tmp_path / "nodes", *DDP, "--devices", "1", "--num-nodes", "2"))
              for node in (0, 1)))
-    losses = {j: json.load(open(tmp_path / j / "final_metrics.json"))["val_loss"] for j in ("lightning", "torchrun", "nodes")}
-    assert max(losses.values()) - min(losses.values()) < 1e-4, losses
+    jobs = ("one", "lightning", "accumulating", "torchrun", "nodes")
+    metrics = {j: json.load(open(tmp_path / j / "final_metrics.json")) for j in jobs}
+    for job in jobs:
+        assert abs(metrics[job]["val_loss"] - metrics["one"]["val_loss"]) < 1e-4, metrics
+        assert metrics[job]["train_tokens"] == metrics["one"]["train_tokens"], "the ranks shared one device's samples"
+        assert sorted(os.listdir(tmp_path / job / "checkpoints")) == ["last.ckpt"]
+    a, b = final_state(tmp_path / "one")["state_dict"], final_state(tmp_path / "torchrun")["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     archives = glob.glob(str(tmp_path / "torchrun" / "previous-*"))
     assert len(archives) == 1 and sorted(os.listdir(archives[0])) == ["checkpoints", "final_metrics.json",
                                                                        "run_config.json", "tensorboard"]
-    for job in ("lightning", "torchrun", "nodes"):
-        assert sorted(os.listdir(tmp_path / job / "checkpoints")) == ["last.ckpt"]
+    card = open(tmp_path / "accumulating" / "model" / "README.md").read()
+    assert "- effective_batch_size: 16" in card

@@ -6,8 +6,13 @@ import json
 import os
 import shutil
 
-from conftest import run_script, scalars
+import pytest
+
+from common import UsageError
+from conftest import scalars
 from test_exact_resume import final_state, job_args, run
+from training.data import files_fingerprint, text_files
+from training.job import TrainingConfig, prepare_job_dir
 
 
 def trained_samples(log_dir, per_process: int) -> collections.Counter:
@@ -42,17 +47,16 @@ def test_a_run_resumed_on_another_topology_trains_on_the_same_samples(tmp_path, 
 
 
 def test_a_changed_seed_or_training_data_is_refused(tmp_path, pipeline_run):
-    job = tmp_path / "job"
-    os.makedirs(job)
-    shutil.copy(os.path.join(pipeline_run["job"], "run_config.json"), job)  # the identity of a run in progress
-    args = job_args(pipeline_run, job, "--max-steps", "1")
-    result = run_script("training/run_training.py", *args, "--seed", "7", check=False)
-    assert result.returncode == 2 and "different seed;" in result.stderr and "Traceback" not in result.stderr
-    other = tmp_path / "train"
-    shutil.copytree(os.path.join(pipeline_run["corpus"], "train"), other)
-    with open(next(other.glob("*.txt")), "a") as f:
+    files = text_files(os.path.join(pipeline_run["corpus"], "train"), "train")
+    identity = {"seed": 42, "train_data": files_fingerprint(files)}
+    cfg = TrainingConfig(job_dir=str(tmp_path / "job"), train_path="", val_path="")
+    prepare_job_dir(cfg, identity)  # a run in progress
+    with pytest.raises(UsageError, match=r"holds a run with a different seed; .* --no-resume"):
+        prepare_job_dir(cfg, identity | {"seed": 7})
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.dirname(files[0]), moved)
+    assert files_fingerprint(text_files(str(moved), "train")) == identity["train_data"]  # moving data is fine
+    with open(next(moved.glob("*.txt")), "a") as f:
         f.write("one more product title\n")
-    args[args.index("--path-to-train-set") + 1] = str(other)
-    result = run_script("training/run_training.py", *args, check=False)
-    assert result.returncode == 2 and "different train_data;" in result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(UsageError, match="different train_data;"):
+        prepare_job_dir(cfg, identity | {"train_data": files_fingerprint(text_files(str(moved), "train"))})
