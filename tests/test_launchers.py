@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 
-import torch
-
 from conftest import REPO
 from test_exact_resume import final_state, job_args, run
 

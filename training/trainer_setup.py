@@ -91,11 +91,10 @@ class LastCheckpoint(Checkpoint):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Every rank resumes from what it found on disk; rank 0 prepared the job directory. They must agree.
         if trainer.world_size > 1:
-            differs = trainer.strategy.broadcast(self.resume_from, src=0) != self.resume_from
-            if trainer.strategy.reduce_boolean_decision(differs, all=False):
-                raise UsageError("the ranks disagree on the checkpoint to resume from (rank 0: "
-                                 f"{trainer.strategy.broadcast(self.resume_from, src=0) or 'none'}); put --job-dir on "
-                                 "a filesystem shared by all nodes")
+            rank_0 = trainer.strategy.broadcast(self.resume_from, src=0)
+            if trainer.strategy.reduce_boolean_decision(rank_0 != self.resume_from, all=False):
+                raise UsageError(f"the ranks disagree on the checkpoint to resume from (rank 0: {rank_0 or 'none'}); "
+                                 "put --job-dir on a filesystem shared by all nodes")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._saved_step = self._last_step = trainer.global_step
