@@ -43,10 +43,13 @@ def review_text(rng: random.Random, words: list[str], weights: list[float], prod
     return rng.choice((" ", " ", " ", "<br />", "<br /><br />")).join(out)
 
 
-def generate(path: str, rows: int, seed: int) -> None:
+def generate(path: str, rows: int, seed: int, distinct_share: float = 0.0) -> None:
     """An Amazon-format TSV of exactly `rows` reviews, sized like the real dump: titles from the sample
     generator repeated over a long-tailed number of reviews per product, headlines and review bodies of
-    Zipf-distributed words with log-normal lengths (about 300 bytes a row, 2.5x gzip ratio)."""
+    Zipf-distributed words with log-normal lengths (about 300 bytes a row, 2.5x gzip ratio).
+
+    With `distinct_share`, that share of rows gets a title of its own (a suffix with an HTML entity), the
+    case where normalisation and hashing, not reading, take the time."""
     from corpus.sample_data import HEADER, _title
 
     rng = random.Random(seed)
@@ -63,10 +66,13 @@ def generate(path: str, rows: int, seed: int) -> None:
             product = title.split(",")[0].split(" - ")[0].strip().split(" ")[-1].lower()
             block = []
             for _ in range(min(rows - written, min(60, int(rng.paretovariate(1.3))))):
+                row_title = title
+                if distinct_share and rng.random() < distinct_share:
+                    row_title = f"{title} &amp; #{written + len(block):X} {rng.choice(words).title()}"
                 headline = review_text(rng, words, weights, product, 3)[:60]
                 body = review_text(rng, words, weights, product, 12)
                 block.append("\t".join(["US", str(rng.randrange(10**8)), f"R{rng.randrange(36**12):012X}", pid, parent,
-                                        title, category, str(rng.randint(1, 5)), str(rng.randrange(20)),
+                                        row_title, category, str(rng.randint(1, 5)), str(rng.randrange(20)),
                                         str(rng.randrange(40)), "N", rng.choice("YN"), headline, body,
                                         f"20{rng.randint(5, 15):02d}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"]))
             f.write(("\n".join(block) + "\n").encode("utf-8"))

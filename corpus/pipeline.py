@@ -1,6 +1,7 @@
 """Step 1 end to end: read, normalise, deduplicate, split and write the corpus."""
 import itertools
 import os
+import pickle
 import shutil
 import time
 from collections import Counter
@@ -9,12 +10,13 @@ from functools import partial
 from multiprocessing import Pool
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
 from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
-from corpus.splitting import Deduplicator, RepeatFilter, is_validation, sentence_hash
+from corpus.splitting import RepeatFilter, SeenHashes, sentence_hashes, validation_mask
 from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
 
 
@@ -55,20 +57,53 @@ def validate_config(cfg: CorpusConfig) -> None:
         raise UsageError("--num-proc must be at least 1 and --max-rows 0 (all) or more")
 
 
-def normalise_batch(batch: tuple[int, list[str]], lowercase: bool, strip_punctuation: bool) -> tuple[int, list[str]]:
-    """(rows the batch stood for, normalised texts): the row count travels with the batch through the pool."""
+Prepared = tuple[int, list[str], np.ndarray, dict[str, int]]  # rows, sentences, their hashes, dropped by reason
+
+
+def prepare_batch(batch: tuple[int, list[str]], cfg: CorpusConfig) -> Prepared:
+    """All the per-sentence work on one batch of fresh texts: normalise, filter by length, hash.
+
+    The row count travels with the batch through the pool; what is left for the parent is one
+    dedup probe and one write per batch.
+    """
     rows, texts = batch
-    return rows, [normalise_text(t, lowercase, strip_punctuation) for t in texts]
+    kept, dropped = [], {"empty": 0, "too_short": 0, "too_long": 0}
+    for text in texts:
+        s = normalise_text(text, cfg.lowercase, cfg.strip_punctuation)
+        if len(s) < cfg.min_chars:
+            dropped["empty" if not s else "too_short"] += 1
+        elif cfg.max_chars and len(s) > cfg.max_chars:
+            dropped["too_long"] += 1
+        else:
+            kept.append(s)
+    return rows, kept, sentence_hashes(kept, cfg.seed), {k: n for k, n in dropped.items() if n}
 
 
-def normalise_tsv_file(path: str, columns: list[str] | None, lowercase: bool,
-                       strip_punctuation: bool) -> tuple[int, list[str], dict[str, int], int]:
-    """One whole TSV in a worker process: (rows, normalised unique texts, dropped by reason, repeats)."""
-    stats, repeats, out, rows = SourceStats(), RepeatFilter(), [], 0
-    for batch in read_text_batches([path], None, None, columns, stats):
-        rows += len(batch)
-        out.extend(normalise_text(t, lowercase, strip_punctuation) for t in repeats.fresh(batch))
-    return rows, out, stats.dropped, repeats.repeats
+def prepare_tsv_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[dict[str, int], int]:
+    """One whole TSV in a worker process, its prepared batches pickled one by one to a spill file that the
+    parent reads back as it goes, so that no file's text is ever held whole. Returns (dropped, repeats)."""
+    path, spill = job
+    stats, repeats = SourceStats(), RepeatFilter()
+    with open(spill, "wb") as out:
+        for batch in read_text_batches([path], None, None, cfg.text_columns, stats):
+            pickle.dump(prepare_batch((len(batch), repeats.fresh(batch)), cfg), out, pickle.HIGHEST_PROTOCOL)
+    return stats.dropped, repeats.repeats
+
+
+def _read_spills(results: Iterable[tuple[dict[str, int], int]], spills: list[str],
+                 stats: SourceStats) -> Iterator[Prepared]:
+    """The batches of each file's spill, in file order, folding the workers' counts into the statistics."""
+    for (dropped, repeats), spill in zip(results, spills):
+        for reason, n in dropped.items():
+            stats.drop(reason, n)
+        stats.repeats_in_workers += repeats
+        with open(spill, "rb") as f:
+            while True:
+                try:
+                    yield pickle.load(f)
+                except EOFError:
+                    break
+        os.remove(spill)
 
 
 def _limit_rows(batches: Iterable[list[str]], max_rows: int) -> Iterator[list[str]]:
@@ -79,15 +114,6 @@ def _limit_rows(batches: Iterable[list[str]], max_rows: int) -> Iterator[list[st
             return
         taken += len(batch)
         yield batch
-
-
-def _merge_file_stats(results: Iterable[tuple], stats: SourceStats) -> Iterator[tuple[int, list[str]]]:
-    """(rows, texts) per file, folding each worker's drop counts and repeats into the run's statistics."""
-    for rows, texts, dropped, repeats in results:
-        for reason, n in dropped.items():
-            stats.drop(reason, n)
-        stats.repeats_in_workers += repeats
-        yield rows, texts
 
 
 def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
@@ -113,33 +139,29 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     started = time.time()
     try:
         writers = {s: ShardWriter(os.path.join(staging, s), cfg.lines_per_shard) for s in ("train", "validation")}
-        dedup, repeats = Deduplicator(), RepeatFilter()
+        seen, repeats = SeenHashes(), RepeatFilter()
         dropped: Counter[str] = Counter()
-        rows_seen = 0
+        rows_seen = duplicates = 0
         bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
         pool = Pool(cfg.num_proc) if cfg.num_proc > 1 else None
         try:
             if per_file:
-                work = partial(normalise_tsv_file, columns=cfg.text_columns, lowercase=cfg.lowercase,
-                               strip_punctuation=cfg.strip_punctuation)
-                normalised: Iterator[tuple[int, list[str]]] = _merge_file_stats(pool.imap(work, files), stats)
+                spills = [os.path.join(staging, f".spill-{i}.pickle") for i in range(len(files))]
+                work = partial(prepare_tsv_file, cfg=cfg)
+                prepared: Iterator[Prepared] = _read_spills(pool.imap(work, zip(files, spills)), spills, stats)
             else:
-                work = partial(normalise_batch, lowercase=cfg.lowercase, strip_punctuation=cfg.strip_punctuation)
                 fresh = ((len(batch), repeats.fresh(batch)) for batch in batches)
-                normalised = pool.imap(work, fresh) if pool else map(work, fresh)
-            for rows, sentences in normalised:
+                work = partial(prepare_batch, cfg=cfg)
+                prepared = pool.imap(work, fresh) if pool else map(work, fresh)
+            for rows, sentences, hashes, batch_dropped in prepared:
                 rows_seen += rows
                 bar.update(rows)
-                for s in sentences:
-                    if len(s) < cfg.min_chars:
-                        dropped["empty" if not s else "too_short"] += 1
-                        continue
-                    if cfg.max_chars and len(s) > cfg.max_chars:
-                        dropped["too_long"] += 1
-                        continue
-                    h = sentence_hash(s, cfg.seed)
-                    if dedup.is_new(h):
-                        writers["validation" if is_validation(h, cfg.validation_size) else "train"].write(s)
+                dropped.update(batch_dropped)
+                new = seen.add(hashes)
+                duplicates += len(new) - int(new.sum())
+                validation = validation_mask(hashes, cfg.validation_size)
+                writers["train"].write_lines(list(itertools.compress(sentences, new & ~validation)))
+                writers["validation"].write_lines(list(itertools.compress(sentences, new & validation)))
             bar.close()
         finally:
             if pool:
@@ -164,7 +186,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             "rows_read": rows_read,
             "rows_kept": kept,
             "dropped": dict(sorted(dropped.items())),
-            "duplicates_removed": dedup.duplicates + repeats.repeats,
+            "duplicates_removed": duplicates + repeats.repeats,
             "splits": {
                 split: {
                     "lines": sum(sh["lines"] for sh in split_shards),

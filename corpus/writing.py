@@ -29,15 +29,22 @@ class ShardWriter:
         self._sha = hashlib.sha256()
 
     def write(self, line: str) -> None:
-        if self._file is None:
-            self._file = open(self._path(len(self.shards)) + ".tmp", "wb")
-        data = line.encode("utf-8") + b"\n"
-        self._file.write(data)
-        self._sha.update(data)
-        self._lines += 1
-        self._bytes += len(data)
-        if self._lines == self.lines_per_shard:
-            self._finish_shard()
+        self.write_lines([line])
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append lines (none holding a newline), one encode and one write per shard they fall in."""
+        while lines:
+            if self._file is None:
+                self._file = open(self._path(len(self.shards)) + ".tmp", "wb")
+            room = self.lines_per_shard - self._lines
+            part, lines = lines[:room], lines[room:]
+            data = ("\n".join(part) + "\n").encode("utf-8")
+            self._file.write(data)
+            self._sha.update(data)
+            self._lines += len(part)
+            self._bytes += len(data)
+            if self._lines == self.lines_per_shard:
+                self._finish_shard()
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the last, partial shard and return the shard list (file, lines, bytes, sha256)."""

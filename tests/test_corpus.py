@@ -5,6 +5,7 @@ import os
 import random
 import tempfile
 
+import numpy as np
 import pytest
 
 from conftest import run_script
@@ -179,6 +180,7 @@ def test_several_tsv_files_in_parallel_match_one_process(tmp_path):
         manifest = generate_corpus(CorpusConfig(output_dir=out, data_files=paths, num_proc=num_proc, progress=False))
         runs.append((read_split(out, "train"), read_split(out, "validation"), manifest["rows_read"],
                      manifest["duplicates_removed"], manifest["dropped"]))
+        assert sorted(os.listdir(out)) == ["manifest.json", "train", "validation"]  # the workers' spills are gone
     assert runs[0] == runs[1]
 
 
@@ -258,3 +260,74 @@ def test_a_truncated_gzip_file_is_a_one_line_error(tmp_path, sample_tsv):
                         str(tmp_path / "out"), "--no-progress", check=False)
     assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_seen_hashes_is_a_set_through_its_merges():
+    from corpus.splitting import SeenHashes
+
+    rng = np.random.default_rng(0)
+    seen, reference = SeenHashes(fresh_run=64), set()
+    for _ in range(300):  # many small runs, merged as they fill; repeats within and across batches
+        batch = rng.integers(0, 20_000, int(rng.integers(0, 200))).astype(np.uint64)
+        expected = []
+        for h in batch.tolist():
+            expected.append(h not in reference)
+            reference.add(h)
+        assert seen.add(batch).tolist() == expected
+    assert len(seen) == len(reference) and 1 < len(seen.runs) < 12
+    assert set(np.concatenate([*seen.runs, seen.recent]).tolist()) == reference
+
+
+def test_seen_hashes_hold_at_most_16_bytes_a_hash_at_their_peak():
+    import tracemalloc
+
+    from corpus.splitting import SeenHashes
+
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 2**64 - 1, 10_000, dtype=np.uint64, endpoint=True) for _ in range(40)]
+    tracemalloc.start()
+    try:
+        seen = SeenHashes()
+        for batch in batches:
+            seen.add(batch)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(seen) == 400_000
+    # 8 bytes a hash held, 4 more while a merge copies (16 would leave nothing for the rest of step 1);
+    # batches of 10,000 hashes (80 kB) and the probe's temporaries are the only fixed costs
+    assert peak <= 12 * len(seen) + 1_000_000, peak / len(seen)
+    assert held <= 9 * len(seen) + 1_000_000
+
+
+def test_validation_mask_is_is_validation_at_the_boundary():
+    from corpus.splitting import is_validation, sentence_hash, sentence_hashes, validation_mask
+
+    for size in (0.1, 0.5, 1 / 3, 1e-9):
+        edge = int(size * 2**64)
+        hashes = np.array([0, edge - 1, edge, edge + 1, 2**64 - 1], dtype=np.uint64)
+        assert validation_mask(hashes, size).tolist() == [is_validation(int(h), size) for h in hashes]
+    sentences = ["a", "Baby & Me", "é" * 300, ""]
+    assert sentence_hashes(sentences, -7).tolist() == [sentence_hash(s, -7) for s in sentences]
+
+
+def test_corpus_is_the_line_by_line_rule(tmp_path):
+    """Batched normalising, hashing, dedup and writing give exactly what one sentence at a time gives."""
+    from corpus.normalise import normalise_text
+    from corpus.splitting import is_validation, sentence_hash
+
+    rng = random.Random(5)
+    words = ["Baby", "&amp;", "Me", "<br />", "Café", "ｆｕｌｌ", "12&#34;", "\u200b", "  ", "Hat", "Σ", "x"]
+    rows = [" ".join(rng.choice(words) for _ in range(rng.randrange(0, 6))) for _ in range(30_000)]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"title": t}) + "\n" for t in rows))
+    out, manifest = corpus(tmp_path, str(source), text_columns=["title"], min_chars=3, max_chars=30,
+                           lowercase=True, lines_per_shard=700)
+    seen, expected = set(), {"train": [], "validation": []}
+    for row in rows:
+        s = normalise_text(row, lowercase=True)
+        if 3 <= len(s) <= 30 and s not in seen:
+            seen.add(s)
+            expected["validation" if is_validation(sentence_hash(s, 42), 0.1) else "train"].append(s)
+    assert read_split(out, "train") == expected["train"] and read_split(out, "validation") == expected["validation"]
+    assert manifest["rows_kept"] == len(seen) and manifest["rows_read"] == len(rows)
