@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
-from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
-from corpus.splitting import RepeatFilter, SeenHashes, sentence_hashes, validation_mask
+from corpus.sources import NATIVE_READERS, SourceStats, expand_data_files, file_kind, read_text_batches
+from corpus.dedup import SentenceSpill
+from corpus.splitting import RepeatFilter, sentence_hashes, validation_mask
 from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
 
 
@@ -79,8 +80,8 @@ def prepare_batch(batch: tuple[int, list[str]], cfg: CorpusConfig) -> Prepared:
     return rows, kept, sentence_hashes(kept, cfg.seed), {k: n for k, n in dropped.items() if n}
 
 
-def prepare_tsv_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[dict[str, int], int]:
-    """One whole TSV in a worker process, its prepared batches pickled one by one to a spill file that the
+def prepare_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[dict[str, int], int]:
+    """One whole TSV or text file in a worker process, its prepared batches pickled one by one to a spill file that the
     parent reads back as it goes, so that no file's text is ever held whole. Returns (dropped, repeats)."""
     path, spill = job
     stats, repeats = SourceStats(), RepeatFilter()
@@ -128,8 +129,8 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
     batches = itertools.chain([first] if first is not None else [], batches)
     files = expand_data_files(cfg.data_files) if cfg.data_files else []
-    # Several TSVs and several processes: each worker reads and normalises whole files, in file order.
-    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) == "tsv" for f in files)
+    # Several TSV or text files and several processes: each worker reads and normalises whole files, in file order.
+    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) in NATIVE_READERS for f in files)
     if per_file:
         stats = SourceStats()  # the peek above is discarded: the workers read every file themselves
     try:
@@ -139,15 +140,15 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     started = time.time()
     try:
         writers = {s: ShardWriter(os.path.join(staging, s), cfg.lines_per_shard) for s in ("train", "validation")}
-        seen, repeats = SeenHashes(), RepeatFilter()
+        spill, repeats = SentenceSpill(os.path.join(staging, ".dedup")), RepeatFilter()
         dropped: Counter[str] = Counter()
-        rows_seen = duplicates = 0
+        rows_seen = 0
         bar = tqdm(desc="rows", unit=" rows", unit_scale=True, disable=not cfg.progress, mininterval=1.0)
         pool = Pool(cfg.num_proc) if cfg.num_proc > 1 else None
         try:
             if per_file:
                 spills = [os.path.join(staging, f".spill-{i}.pickle") for i in range(len(files))]
-                work = partial(prepare_tsv_file, cfg=cfg)
+                work = partial(prepare_file, cfg=cfg)
                 prepared: Iterator[Prepared] = _read_spills(pool.imap(work, zip(files, spills)), spills, stats)
             else:
                 fresh = ((len(batch), repeats.fresh(batch)) for batch in batches)
@@ -157,15 +158,19 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
                 rows_seen += rows
                 bar.update(rows)
                 dropped.update(batch_dropped)
-                new = seen.add(hashes)
-                duplicates += len(new) - int(new.sum())
-                validation = validation_mask(hashes, cfg.validation_size)
-                writers["train"].write_lines(list(itertools.compress(sentences, new & ~validation)))
-                writers["validation"].write_lines(list(itertools.compress(sentences, new & validation)))
+                spill.add(sentences, hashes)
             bar.close()
         finally:
             if pool:
                 pool.terminate()
+        keep = spill.first_occurrences()
+        for lines, hashes, position in spill.replay():  # in the order read: the first occurrence of each sentence
+            new = keep[position : position + len(lines)]
+            validation = validation_mask(hashes, cfg.validation_size)
+            writers["train"].write_lines(list(itertools.compress(lines, new & ~validation)))
+            writers["validation"].write_lines(list(itertools.compress(lines, new & validation)))
+        spill.remove()
+        duplicates = spill.count - int(keep.sum())
         shards = {split: w.close() for split, w in writers.items()}
         dropped.update(stats.dropped)
         rows_read = rows_seen + sum(stats.dropped.values())

@@ -81,12 +81,9 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
     Lines are cut from large blocks that a background thread reads and decompresses (zlib runs
     without the GIL), and only the wanted fields are split off, so a long review body costs nothing.
     """
-    blocks = _read_ahead(path)
     carry, header = b"", None
-    for block in blocks:
-        data = carry + block if block else (carry + b"\n" if carry else b"")  # the last line may lack its newline
-        whole = data.rfind(b"\n") + 1
-        data, carry = data[:whole], data[whole:]
+    for block in _read_ahead(path):
+        data, carry = _whole_lines(carry, block)
         if header is None:
             if not data and block and len(carry) < 1 << 16:
                 continue  # the header line is not complete yet
@@ -99,6 +96,40 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
             yield from _tsv_batches(data, index, len(header), stats)
     if header is None:
         _tsv_header(carry, path)
+
+
+def _whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
+    """(the whole lines of carry + block, what is left of the last one); the last block, b"", ends the last line."""
+    data = carry + block if block else (carry + b"\n" if carry else b"")
+    whole = data.rfind(b"\n") + 1
+    return data[:whole], data[whole:]
+
+
+def read_text_lines(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[tuple[str]]]:
+    """Batches of 1-tuples, one per line of a plain or gzipped text file (its one column is 'text').
+
+    Read like a TSV, in large blocks, rather than through `datasets`: no Arrow copy on disk, memory flat
+    whatever the file's size, and a line with bad UTF-8 is counted and skipped instead of failing the run.
+    A line ends at "\n" alone (a "\r" before it, or inside it, becomes a space when normalised).
+    """
+    resolve_columns(columns, ["text"], path)
+    carry = b""
+    for block in _read_ahead(path):
+        data, carry = _whole_lines(carry, block)
+        if not data:
+            continue
+        try:
+            lines = data[:-1].decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            lines = []
+            for line in data[:-1].split(b"\n"):
+                try:
+                    lines.append(line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    stats.drop("bad_utf8")
+        stats.rows_read += data.count(b"\n")
+        for start in range(0, len(lines), BATCH_ROWS):
+            yield [(line,) for line in lines[start : start + BATCH_ROWS]]
 
 
 def _tsv_header(line: bytes, path: str) -> list[str]:
@@ -264,12 +295,15 @@ def read_row_batches(
     if len(kinds) > 1:
         raise UsageError(f"--data-files mixes file types ({', '.join(sorted(kinds))}); pass one type per run")
     kind = kinds.pop()
-    if kind == "tsv":
+    if kind in NATIVE_READERS:
         for f in files:
-            yield from read_amazon_tsv(f, columns, stats)
+            yield from NATIVE_READERS[kind](f, columns, stats)
     else:
         loaded = load_local_dataset(files, kind, cache_dir, streaming)
         yield from read_hf_dataset(loaded, columns, stats, f"{files[0]!r}")
+
+
+NATIVE_READERS = {"tsv": read_amazon_tsv, "text": read_text_lines}  # read in blocks by this module, not `datasets`
 
 
 def read_text_batches(

@@ -41,60 +41,12 @@ def validation_mask(hashes: np.ndarray, validation_size: float) -> np.ndarray:
     return hashes < np.uint64(math.ceil(validation_size * 2**64))
 
 
-class SeenHashes:
-    """The set of 64-bit sentence hashes met so far, in 8 bytes a hash (a Python set of ints takes ~70).
-
-    Hashes are kept in sorted numpy runs that a batch probes by binary search. New hashes gather in a
-    small run; a full one joins the others, and the two smallest runs merge while they are of a
-    similar size and the merged run holds at most half of all hashes: a few runs to probe at any size,
-    and a merge never copies more than 4 bytes per hash held (12 bytes a hash at the peak).
-    """
-
-    def __init__(self, fresh_run: int = 1 << 16) -> None:
-        self.runs: list[np.ndarray] = []
-        self.recent = np.empty(0, np.uint64)
-        self.fresh_run = fresh_run
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def add(self, hashes: np.ndarray) -> np.ndarray:
-        """Add a batch; return the mask of the hashes never met before (a repeat within the batch: the first)."""
-        unique, first = np.unique(hashes, return_index=True)
-        new = np.ones(len(unique), bool)
-        for run in (*self.runs, self.recent):
-            if len(run) and new.any():
-                at = np.minimum(np.searchsorted(run, unique), len(run) - 1)
-                new &= run[at] != unique
-        mask = np.zeros(len(hashes), bool)
-        mask[first[new]] = True
-        fresh = unique[new]
-        self.count += len(fresh)
-        self.recent = np.concatenate((self.recent, fresh))
-        self.recent.sort()
-        if len(self.recent) >= self.fresh_run:
-            self.runs.append(self.recent)
-            self.recent = np.empty(0, np.uint64)
-            self._merge()
-        return mask
-
-    def _merge(self) -> None:
-        self.runs.sort(key=len, reverse=True)
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]) \
-                and len(self.runs[-2]) + len(self.runs[-1]) <= self.count // 2:
-            merged = np.concatenate((self.runs.pop(), self.runs.pop()))
-            merged.sort()  # in place: the only copy a merge makes is `merged` itself
-            self.runs.append(merged)
-            self.runs.sort(key=len, reverse=True)
-
-
 class RepeatFilter:
     """Passes each raw text once: review dumps repeat a product's title for every review, so most rows
     can be dropped as duplicates before any work is spent normalising them.
 
     Only a speed-up, so its memory is capped: past `capacity` keys it starts afresh, and a repeat it
-    no longer remembers is still caught, after normalisation, by SeenHashes. Keys are Python's
+    no longer remembers is still caught, after normalisation, by the deduplication (corpus/dedup.py). Keys are Python's
     64-bit string hashes; empty texts always pass, so that they are counted as empty, not as duplicates.
     """
 

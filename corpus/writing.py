@@ -29,16 +29,16 @@ class ShardWriter:
         self._sha = hashlib.sha256()
 
     def write(self, line: str) -> None:
-        self.write_lines([line])
+        self.write_lines([line.encode("utf-8")])
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Append lines (none holding a newline), one encode and one write per shard they fall in."""
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Append UTF-8 lines (none holding a newline), one write per shard they fall in."""
         while lines:
             if self._file is None:
                 self._file = open(self._path(len(self.shards)) + ".tmp", "wb")
             room = self.lines_per_shard - self._lines
             part, lines = lines[:room], lines[room:]
-            data = ("\n".join(part) + "\n").encode("utf-8")
+            data = b"\n".join(part) + b"\n"
             self._file.write(data)
             self._sha.update(data)
             self._lines += len(part)

@@ -8,6 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 
+from common import UsageError
 from conftest import run_script
 from corpus.pipeline import CorpusConfig, generate_corpus
 from corpus.sample_data import SAMPLE_PATH, sample_rows, write_sample_reviews
@@ -262,42 +263,57 @@ def test_a_truncated_gzip_file_is_a_one_line_error(tmp_path, sample_tsv):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_seen_hashes_is_a_set_through_its_merges():
-    from corpus.splitting import SeenHashes
+def spilled(tmp_path, batches) -> "SentenceSpill":
+    from corpus.dedup import SentenceSpill
 
+    spill = SentenceSpill(str(tmp_path / "spill"))
+    for batch in batches:
+        spill.add([f"s{h}" for h in batch.tolist()], batch)
+    return spill
+
+
+def test_spill_keeps_first_occurrences_in_order(tmp_path, monkeypatch):
+    import corpus.dedup
+
+    monkeypatch.setattr(corpus.dedup, "RANGE_SENTENCES", 500)  # many ranges and chunks
     rng = np.random.default_rng(0)
-    seen, reference = SeenHashes(fresh_run=64), set()
-    for _ in range(300):  # many small runs, merged as they fill; repeats within and across batches
-        batch = rng.integers(0, 20_000, int(rng.integers(0, 200))).astype(np.uint64)
-        expected = []
-        for h in batch.tolist():
-            expected.append(h not in reference)
-            reference.add(h)
-        assert seen.add(batch).tolist() == expected
-    assert len(seen) == len(reference) and 1 < len(seen.runs) < 12
-    assert set(np.concatenate([*seen.runs, seen.recent]).tolist()) == reference
+    # small values repeat within and across batches; large ones spread over the whole hash space
+    batches = [np.concatenate([rng.integers(0, 3000, int(rng.integers(0, 200))),
+                               rng.integers(0, 2**64 - 1, 30, dtype=np.uint64, endpoint=True)]).astype(np.uint64)
+               for _ in range(100)]
+    spill = spilled(tmp_path, batches)
+    keep, reference, expected = spill.first_occurrences(), set(), []
+    for h in np.concatenate(batches).tolist():
+        expected.append(h not in reference)
+        reference.add(h)
+    assert keep.tolist() == expected
+    replayed = [(lines, hashes, position) for lines, hashes, position in spill.replay()]
+    assert [line for lines, _, _ in replayed for line in lines] == [f"s{h}".encode() for b in batches for h in b.tolist()]
+    assert np.array_equal(np.concatenate([h for _, h, _ in replayed]), np.concatenate(batches))
+    assert [p for _, _, p in replayed] == list(np.cumsum([0] + [len(lines) for lines, _, _ in replayed[:-1]]))
+    spill.remove()
+    assert not (tmp_path / "spill").exists()
 
 
-def test_seen_hashes_hold_at_most_16_bytes_a_hash_at_their_peak():
+def test_spill_memory_is_a_byte_a_sentence_whatever_the_corpus(tmp_path, monkeypatch):
     import tracemalloc
 
-    from corpus.splitting import SeenHashes
+    import corpus.dedup
 
+    monkeypatch.setattr(corpus.dedup, "RANGE_SENTENCES", 1 << 16)
     rng = np.random.default_rng(1)
     batches = [rng.integers(0, 2**64 - 1, 10_000, dtype=np.uint64, endpoint=True) for _ in range(40)]
     tracemalloc.start()
     try:
-        seen = SeenHashes()
-        for batch in batches:
-            seen.add(batch)
-        held, peak = tracemalloc.get_traced_memory()
+        spill = spilled(tmp_path, batches)
+        keep = spill.first_occurrences()
+        peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(seen) == 400_000
-    # 8 bytes a hash held, 4 more while a merge copies (16 would leave nothing for the rest of step 1);
-    # batches of 10,000 hashes (80 kB) and the probe's temporaries are the only fixed costs
-    assert peak <= 12 * len(seen) + 1_000_000, peak / len(seen)
-    assert held <= 9 * len(seen) + 1_000_000
+    assert keep.sum() == 400_000
+    # the mask (1 byte a sentence) and one range's pairs and sort (~60 bytes each): holding every hash
+    # (8 bytes a sentence) or every pair (16) would not fit
+    assert peak <= 400_000 + 60 * (1 << 16) + 500_000, peak
 
 
 def test_validation_mask_is_is_validation_at_the_boundary():
@@ -331,3 +347,18 @@ def test_corpus_is_the_line_by_line_rule(tmp_path):
             expected["validation" if is_validation(sentence_hash(s, 42), 0.1) else "train"].append(s)
     assert read_split(out, "train") == expected["train"] and read_split(out, "validation") == expected["validation"]
     assert manifest["rows_kept"] == len(seen) and manifest["rows_read"] == len(rows)
+
+
+def test_text_files_are_read_line_by_line_with_bad_bytes_skipped(tmp_path):
+    lines = [f"Soft blanket {i} &amp; hat" for i in range(3000)]
+    raw = ("\r\n".join(lines[:1000]) + "\r\n").encode() + b"bad \xff line\n" + "\n".join(lines[1000:]).encode()
+    (tmp_path / "a.txt").write_bytes(raw)  # CRLF, a line of bad UTF-8, no newline at the end
+    with gzip.open(tmp_path / "b.txt.gz", "wb") as f:
+        f.write(raw)
+    expected = [t.replace("&amp;", "&") for t in lines]
+    for name in ("a.txt", "b.txt.gz"):
+        out, manifest = corpus(tmp_path, str(tmp_path / name), name.replace(".", "_"))
+        assert sorted(read_split(out, "train") + read_split(out, "validation")) == sorted(expected)
+        assert manifest["rows_read"] == 3001 and manifest["dropped"] == {"bad_utf8": 1}
+    with pytest.raises(UsageError, match="column title not in"):
+        corpus(tmp_path, str(tmp_path / "a.txt"), "c", text_columns=["title"])
