@@ -118,15 +118,15 @@ def test_disk_full_while_writing_shards_keeps_the_old_corpus(tmp_path, capsys, m
     argv = ["--data-files", sample_tsv, "--output-dir", str(out), "--no-progress"]
     assert run_main(lambda: run_corpus_generation.main(argv)) == 0
     before = snapshot(str(out))
-    real_write, written = writing.ShardWriter.write, []
+    real_write, written = writing.ShardWriter.write_lines, []
 
-    def write_until_full(self, line):
+    def write_until_full(self, lines):
         if len(written) > 100:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory)
-        written.append(line)
-        real_write(self, line)
+        written.extend(lines)
+        real_write(self, lines)
 
-    monkeypatch.setattr(writing.ShardWriter, "write", write_until_full)
+    monkeypatch.setattr(writing.ShardWriter, "write_lines", write_until_full)
     capsys.readouterr()
     assert run_main(lambda: run_corpus_generation.main([*argv, "--overwrite"])) == 1
     err = capsys.readouterr().err.strip().splitlines()
