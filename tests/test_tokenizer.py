@@ -1,9 +1,15 @@
 import json
+import os
 
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import run_script
+from common import UsageError
+from conftest import run_in_process, run_script
+from tokenizer.fitting import FIT_OVERHEAD, MEMORY_PER_TEXT_BYTE, LineSample, count_lines
+from tokenizer.memory import parse_memory_budget
+
+FIT = "tokenizer/run_tokenizer_fitting.py"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +44,12 @@ def test_report_is_saved(fitted):
     report = json.load(open(fitted / "tok" / "tokenizer_report.json"))
     assert report["validation_lines"] == 2 and report["round_trip_ok"] == 2
     assert report["bytes_per_token"] > 1 and report["vocab_size"] <= 400
+    # the default budget (half the machine's memory) holds this corpus: every line is used
+    size = (fitted / "train" / "corpus_chunk_00000.txt").stat().st_size
+    assert (report["corpus_lines"], report["corpus_bytes"]) == (300, size)
+    assert (report["fitted_lines"], report["fitted_bytes"]) == (300, size)
+    assert report["sampled"] is False and report["sample_reason"] is None
+    assert report["memory_budget_bytes"] > report["estimated_full_fit_bytes"] > size
 
 
 def test_refuses_to_overwrite(fitted):
@@ -46,16 +58,87 @@ def test_refuses_to_overwrite(fitted):
     assert result.returncode == 2 and "--overwrite" in result.stderr
 
 
-def test_max_lines_fits_on_an_even_sample(tmp_path):
-    from tokenizer.fitting import sample_lines
+def marked_corpus(directory, files: int = 4, lines: int = 1000) -> list[str]:
+    """Shards whose lines name their file and number, all of one length."""
+    directory.mkdir(exist_ok=True)
+    paths = [directory / f"corpus_chunk_{k:05d}.txt" for k in range(files)]
+    for k, path in enumerate(paths):
+        path.write_text("".join(f"file{k} line{i:04d} soft cotton blanket\n" for i in range(lines)))
+    return [str(p) for p in paths]
 
-    shard = tmp_path / "c.txt"
-    shard.write_text("".join(f"line {i}\n" for i in range(1000)))
-    picked = list(sample_lines([str(shard)], 100))
-    assert len(picked) == 100 and picked[0] == "line 0" and picked[-1] == "line 990"
-    run_script("tokenizer/run_tokenizer_fitting.py", "--corpus-dir", str(shard), "--output-dir", str(tmp_path / "tok"),
-               "--vocab-size", "300", "--max-lines", "100", "--no-progress")
+
+def test_the_sample_is_uniform_over_every_file_and_seeded(tmp_path):
+    files = marked_corpus(tmp_path / "c")
+    sample = LineSample(files, 400, count_lines(files), seed=1)
+    picked = list(sample)
+    assert len(picked) == sample.lines == 400 and sample.bytes == sum(len(x) + 1 for x in picked)
+    assert picked == sorted(picked)  # read in corpus order, each line at most once
+    per_file = [sum(x.startswith(f"file{k} ") for x in picked) for k in range(4)]
+    assert all(70 <= n <= 130 for n in per_file), per_file  # ~100 each (sd 8)
+    numbers = [int(x.split()[1][4:]) for x in picked]
+    assert min(numbers) < 50 and max(numbers) >= 950  # from the start and the end of the files
+    assert any(x.startswith("file3 line09") for x in picked)  # the end of the last file too
+    assert list(LineSample(files, 400, 4000, seed=1)) == picked != list(LineSample(files, 400, 4000, seed=2))
+
+
+def test_count_lines_counts_a_last_line_without_newline(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo")
+    (tmp_path / "b.txt").write_text("three\n")
+    assert count_lines([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]) == 3
+    assert list(LineSample([str(tmp_path / "a.txt")], 2, 2)) == ["one", "two"]
+
+
+@pytest.mark.parametrize("text, expected", [("4GiB", 4 << 30), ("512MiB", 512 << 20), ("2G", 2 << 30),
+                                            ("2GB", 2 * 10**9), ("300", 300 << 20), ("1.5 gib", 3 << 29),
+                                            ("1000b", 1000)])
+def test_memory_budget_parsing(text, expected):
+    assert parse_memory_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "lots", "", "4 GiBs", "0.0GiB"])
+def test_memory_budget_parsing_refuses(text):
+    with pytest.raises(UsageError, match="--memory-budget"):
+        parse_memory_budget(text)
+
+
+def test_a_budget_over_the_corpus_fits_on_a_uniform_sample_within_it(tmp_path):
+    files = marked_corpus(tmp_path / "train", files=3, lines=2000)
+    corpus_bytes = sum(os.path.getsize(f) for f in files)
+    budget = FIT_OVERHEAD + MEMORY_PER_TEXT_BYTE * corpus_bytes // 4  # room for a quarter of the text
+    args = ["--corpus-dir", str(tmp_path / "train"), "--vocab-size", "300", "--memory-budget", f"{budget}b",
+            "--no-progress"]
+    result = run_in_process(FIT, *args, "--output-dir", str(tmp_path / "tok"))
+    report = json.load(open(tmp_path / "tok" / "tokenizer_report.json"))
+    assert (report["corpus_lines"], report["corpus_bytes"]) == (6000, corpus_bytes)
+    assert report["memory_budget_bytes"] == budget
+    assert report["sampled"] is True and report["fitted_lines"] == 1500 and "--memory-budget" in report["sample_reason"]
+    assert report["fitted_bytes"] == corpus_bytes // 4 and report["estimated_full_fit_bytes"] > budget
+    assert "fitting on 1,500 of 6,000 lines (25.0%" in result.stderr and "over --memory-budget" in result.stderr
+    run_in_process(FIT, *args, "--output-dir", str(tmp_path / "again"))  # same seed: the same tokenizer
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
+
+
+def test_max_lines_caps_a_uniform_sample(tmp_path):
+    marked_corpus(tmp_path / "train", files=2, lines=500)
+    run_in_process(FIT, "--corpus-dir", str(tmp_path / "train"), "--output-dir", str(tmp_path / "tok"),
+                   "--vocab-size", "300", "--max-lines", "100", "--no-progress")
+    report = json.load(open(tmp_path / "tok" / "tokenizer_report.json"))
+    assert (report["fitted_lines"], report["corpus_lines"]) == (100, 1000)
+    assert report["sample_reason"] == "capped by --max-lines 100"
     assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).mask_token_id == 4
+
+
+@pytest.mark.parametrize("budget, words", [("100MiB", "too small"), (None, "on 1,000 lines"), ("0", "not a positive"),
+                                           ("4 parsecs", "not a positive")])
+def test_a_budget_too_small_to_fit_anything_is_refused_in_one_line(tmp_path, budget, words):
+    files = marked_corpus(tmp_path / "train", files=1, lines=5000)
+    if budget is None:  # above the fixed overhead, but room for only ~500 of the 5,000 lines
+        budget = f"{FIT_OVERHEAD + MEMORY_PER_TEXT_BYTE * os.path.getsize(files[0]) // 10}b"
+    result = run_in_process(FIT, "--corpus-dir", str(tmp_path / "train"), "--output-dir", str(tmp_path / "tok"),
+                            "--memory-budget", budget, "--no-progress", check=False)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(err) == 1 and err[0].startswith("error: --memory-budget"), err
+    assert words in err[0] and not (tmp_path / "tok").exists()
 
 
 def test_saved_files_load_as_those_transformers_writes(fitted, tmp_path):

@@ -3,19 +3,31 @@ import codecs
 import glob
 import json
 import os
-from typing import Iterator
+import random
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.implementations import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
 
 from common import UsageError
+from tokenizer.memory import MiB, format_bytes
 
 # RoBERTa's ids: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4. <mask> swallows the space before it,
 # so "a <mask> b" asks the model for a space-prefixed word, as in pretraining text.
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True)]
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens
 MODEL_MAX_LENGTH = 512
+# The BPE trainer holds every distinct word of its input with its pairs, so its peak RSS grows with the text.
+# Measured (bench/tokenizer_memory.py's way, vocabulary 30,000), RSS growth per byte of text between two sizes:
+# 0.3 on generated review text (20-54 MB), 0.85 on title-like text with model numbers (bench/scale.py), 1.9 on
+# Python source (20-60 MB), whose first 20 MB took 108 MiB over the bare process (21 MiB). Distinct words grow
+# more slowly than the text, so 6 per byte over a 128 MiB overhead covers all of those with room; text of
+# nearly all-distinct words (ids, hashes) needs about 40 per byte and is not covered.
+FIT_OVERHEAD = 128 * MiB
+MEMORY_PER_TEXT_BYTE = 6
+MIN_FIT_LINES = 1_000
 SPECIAL_ROLES = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
                  "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}
 
@@ -46,39 +58,101 @@ def corpus_files(corpus: str) -> list[str]:
 
 
 def count_lines(files: list[str]) -> int:
+    """Lines as reading the files in binary yields them: a last line without a newline counts too."""
     total = 0
     for f in files:
         with open(f, "rb") as fh:
-            total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+            last = b"\n"
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                total, last = total + chunk.count(b"\n"), chunk
+            total += not last.endswith(b"\n")
     return total
 
 
-def sample_lines(files: list[str], max_lines: int) -> Iterator[str]:
-    """Every k-th line, so that at most `max_lines` spread evenly over the whole corpus are used."""
-    stride = max(1, -(-count_lines(files) // max_lines))
-    i = 0
-    for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                if i % stride == 0:
-                    yield line.rstrip("\n")
-                i += 1
+def estimate_fit_memory(text_bytes: float) -> int:
+    """A conservative peak RSS of step 2 fitting on `text_bytes` of text."""
+    return int(FIT_OVERHEAD + MEMORY_PER_TEXT_BYTE * text_bytes)
 
 
-def fit_tokenizer(
-    files: list[str], vocab_size: int = 30_000, min_frequency: int = 2, lowercase: bool = False,
-    max_lines: int = 0, show_progress: bool = True,
-) -> Tokenizer:
-    """Train ByteLevel BPE on the files (or an even sample of `max_lines` of them)."""
+@dataclass
+class FitPlan:
+    corpus_lines: int
+    corpus_bytes: int
+    lines: int  # how many lines to fit on
+    estimate: int  # estimated peak RSS of a fit on the whole corpus
+    reason: str | None  # why only a sample is used; None when every line is
+
+    @property
+    def sampled(self) -> bool:
+        return self.lines < self.corpus_lines
+
+
+def plan_fit(files: list[str], memory_budget: int, max_lines: int = 0) -> FitPlan:
+    """All lines, or as many as `memory_budget` and `max_lines` (0 = no cap) allow."""
+    if max_lines < 0:
+        raise UsageError(f"--max-lines must be 0 (no cap) or a number of lines, got {max_lines}")
+    corpus_lines, corpus_bytes = count_lines(files), sum(os.path.getsize(f) for f in files)
+    line_bytes = corpus_bytes / corpus_lines
+    within_budget = int((memory_budget - FIT_OVERHEAD) / MEMORY_PER_TEXT_BYTE / line_bytes)
+    least = min(corpus_lines, MIN_FIT_LINES)
+    if within_budget < least:
+        need = format_bytes(estimate_fit_memory(least * line_bytes))
+        raise UsageError(f"--memory-budget {format_bytes(memory_budget)} is too small to fit a tokenizer on {least:,} "
+                         f"lines of this corpus; raise it to at least {need}")
+    plan = FitPlan(corpus_lines, corpus_bytes, corpus_lines, estimate_fit_memory(corpus_bytes), None)
+    if within_budget < plan.lines:
+        plan.lines = within_budget
+        plan.reason = (f"the full corpus would need ~{format_bytes(plan.estimate)}, over --memory-budget "
+                       f"{format_bytes(memory_budget)}")
+    if 0 < max_lines < plan.lines:
+        plan.lines, plan.reason = max_lines, f"capped by --max-lines {max_lines:,}"
+    return plan
+
+
+class LineSample:
+    """A seeded uniform random sample of `size` of the corpus's `total` lines, in corpus order; counts its yield."""
+
+    def __init__(self, files: list[str], size: int, total: int, seed: int = 42) -> None:
+        self.files, self.size, self.total, self.seed = files, size, total, seed
+        self.lines = self.bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        # Selection sampling (Knuth's algorithm S): keep a line with probability (still wanted) / (still to come).
+        # Exactly `size` lines, every subset equally likely, in one pass, and no aliasing with a period in the
+        # corpus (alternating titles and bodies), which taking every k-th line has.
+        rng = random.Random(self.seed)
+        wanted, left = self.size, self.total
+        self.lines = self.bytes = 0
+        for f in self.files:
+            with open(f, "rb") as fh:
+                for line in fh:
+                    if rng.random() * left < wanted:
+                        wanted, self.lines, self.bytes = wanted - 1, self.lines + 1, self.bytes + len(line)
+                        yield line.rstrip(b"\n").decode("utf-8", errors="replace")
+                        if not wanted:
+                            return
+                    left -= 1
+
+
+def check_settings(vocab_size: int, min_frequency: int) -> None:
+    """Refuse a vocabulary smaller than the bytes plus special tokens, or a minimum count below 1."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
     if min_frequency < 1:
         raise UsageError(f"--min-frequency must be at least 1, got {min_frequency}")
+
+
+def fit_tokenizer(
+    files: list[str], vocab_size: int = 30_000, min_frequency: int = 2, lowercase: bool = False,
+    lines: Iterable[str] | None = None, show_progress: bool = True,
+) -> Tokenizer:
+    """Train ByteLevel BPE on the files, or on `lines` (a sample of them) when given."""
+    check_settings(vocab_size, min_frequency)
     bpe = ByteLevelBPETokenizer(lowercase=lowercase)
     options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
                    show_progress=show_progress)
-    if max_lines:
-        bpe.train_from_iterator(sample_lines(files, max_lines), **options)
+    if lines is not None:
+        bpe.train_from_iterator(lines, **options)
     else:
         bpe.train(files, **options)
     tokenizer = bpe._tokenizer  # the plain `tokenizers.Tokenizer` inside the convenience wrapper

@@ -1,6 +1,9 @@
 """Step 2: fit a ByteLevel BPE tokenizer (RoBERTa special tokens) on the training split.
 
     python tokenizer/run_tokenizer_fitting.py --corpus-dir data/corpus/train --output-dir data/tokenizer
+
+The BPE trainer holds every distinct word of its input in memory. When the whole corpus would need more
+than --memory-budget, the fit uses a uniform random sample of lines (from every shard) that fits.
 """
 import argparse
 import json
@@ -11,7 +14,9 @@ import tempfile
 import time
 
 from common import UsageError, run_main
-from tokenizer.fitting import corpus_files, fit_tokenizer, save_tokenizer
+from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, fit_tokenizer, plan_fit,
+                               save_tokenizer)
+from tokenizer.memory import default_memory_budget, format_bytes, parse_memory_budget
 from tokenizer.report import tokenizer_report
 
 REPORT = "tokenizer_report.json"
@@ -28,9 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2,
                    help="minimum count for a merge to be learned (default: %(default)s)")
     p.add_argument("--lowercase", action="store_true", help="lowercase text before tokenising")
+    p.add_argument("--memory-budget",
+                   help="most memory the fit may take, e.g. 4GiB, 512MiB, 2G (binary), 2GB (decimal) or a number "
+                        "of MiB; a corpus that would need more is fitted on a uniform random sample of its lines "
+                        "that fits (default: half of this machine's memory, or of what is available or the "
+                        f"container allows if less; here {format_bytes(default_memory_budget())}; pass it "
+                        "explicitly for the same sample on any machine)")
     p.add_argument("--max-lines", type=int, default=0,
-                   help="fit on at most this many lines, spread evenly over the corpus, to bound the trainer's "
-                        "memory on very large corpora; 0 = all lines (default)")
+                   help="fit on at most this many lines, a uniform random sample of the whole corpus; "
+                        "0 = no cap (default)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the line sample, so that a rerun fits the same tokenizer (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="do not show the trainer's progress bars")
     return p
@@ -52,6 +65,16 @@ def _validation_lines(train_corpus: str, validation_dir: str | None, limit: int 
     return lines[:limit]
 
 
+def describe(plan: FitPlan, budget: int) -> str:
+    """One line: what the fit uses out of the corpus, and why."""
+    if not plan.sampled:
+        return (f"fitting on all {plan.corpus_lines:,} lines ({format_bytes(plan.corpus_bytes)}): "
+                f"~{format_bytes(plan.estimate)} estimated, within --memory-budget {format_bytes(budget)}")
+    share = plan.lines / plan.corpus_lines
+    return (f"fitting on {plan.lines:,} of {plan.corpus_lines:,} lines ({share:.1%}, "
+            f"~{format_bytes(share * plan.corpus_bytes)} of {format_bytes(plan.corpus_bytes)}): {plan.reason}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = args.output_dir
@@ -59,14 +82,24 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"{out!r} already holds a tokenizer; pass --overwrite to replace it or choose another --output-dir")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--output-dir {out!r} is a file; choose a directory path")
+    budget = default_memory_budget() if args.memory_budget is None else parse_memory_budget(args.memory_budget)
+    check_settings(args.vocab_size, args.min_frequency)  # before the log line: a refusal is one line
     files = corpus_files(args.corpus_dir)
+    plan = plan_fit(files, budget, args.max_lines)
+    print(describe(plan, budget), file=sys.stderr)
+    sample = LineSample(files, plan.lines, plan.corpus_lines, args.seed) if plan.sampled else None
     started = time.time()
-    tokenizer = fit_tokenizer(files, args.vocab_size, args.min_frequency, args.lowercase, args.max_lines,
+    tokenizer = fit_tokenizer(files, args.vocab_size, args.min_frequency, args.lowercase, sample,
                               show_progress=not args.no_progress)
     fit_seconds = time.time() - started
     report = tokenizer_report(tokenizer, _validation_lines(args.corpus_dir, args.validation_dir))
     report.update({"fit_seconds": round(fit_seconds, 3), "corpus_files": len(files), "lowercase": args.lowercase,
-                   "requested_vocab_size": args.vocab_size, "min_frequency": args.min_frequency})
+                   "requested_vocab_size": args.vocab_size, "min_frequency": args.min_frequency,
+                   "corpus_lines": plan.corpus_lines, "corpus_bytes": plan.corpus_bytes,
+                   "fitted_lines": sample.lines if sample else plan.corpus_lines,
+                   "fitted_bytes": sample.bytes if sample else plan.corpus_bytes,
+                   "sampled": plan.sampled, "sample_reason": plan.reason, "sample_seed": args.seed,
+                   "memory_budget_bytes": budget, "estimated_full_fit_bytes": plan.estimate})
     os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=out)
     try:  # write everything aside, then move it in: a failure never leaves a half-saved tokenizer
