@@ -103,6 +103,25 @@ def test_length_grouped_batches_keep_the_resume_contract():
     assert [i for _, i in take(stream(start=320), 680)] == full[320:]
 
 
+def test_length_grouping_is_the_stable_sort_by_run_then_longest_first():
+    """group_by_length sorts in slices, in place: its order must be the plain rule's, or a resumed
+    --no-packing run would take other sentences than the one it continues."""
+    import numpy as np
+
+    from training.data import group_by_length
+
+    for n, batch in ((1, 4), (799, 16), (800, 16), (5_000, 7), (70_001, 32)):
+        rng = np.random.default_rng(n)
+        lengths = rng.integers(1, 40, n).astype(np.uint16)  # many ties
+        order = rng.permutation(n).astype(np.int32)
+        runs = np.arange(n) // (batch * 50)
+        by_rule = order[np.lexsort((-lengths[order].astype(np.int64), runs))]
+        full = n // batch
+        by_rule = np.concatenate([by_rule[: full * batch].reshape(full, batch)[np.random.default_rng(1).permutation(full)]
+                                  .reshape(-1), by_rule[full * batch :]])
+        assert np.array_equal(group_by_length(order.copy(), lengths, batch, np.random.default_rng(1)), by_rule)
+
+
 def test_max_time_stops_cleanly_then_validates_and_exports(tmp_path, pipeline_run):
     import json
 
