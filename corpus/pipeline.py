@@ -4,7 +4,7 @@ import os
 import pickle
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from functools import partial
 from multiprocessing import Pool
@@ -107,6 +107,18 @@ def _read_spills(results: Iterable[tuple[dict[str, int], int]], spills: list[str
         os.remove(spill)
 
 
+def _imap_ahead(pool: Pool, func: Any, items: Iterable, ahead: int) -> Iterator:
+    """`pool.imap(func, items)` with at most `ahead` items in flight: Pool.imap reads its whole input into
+    its task queue as fast as it can, which on a large file is the whole file in memory."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(func, (item,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def _limit_rows(batches: Iterable[list[str]], max_rows: int) -> Iterator[list[str]]:
     taken = 0
     for batch in batches:
@@ -153,7 +165,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             else:
                 fresh = ((len(batch), repeats.fresh(batch)) for batch in batches)
                 work = partial(prepare_batch, cfg=cfg)
-                prepared = pool.imap(work, fresh) if pool else map(work, fresh)
+                prepared = _imap_ahead(pool, work, fresh, 2 * cfg.num_proc) if pool else map(work, fresh)
             for rows, sentences, hashes, batch_dropped in prepared:
                 rows_seen += rows
                 bar.update(rows)

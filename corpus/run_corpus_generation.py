@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input (one of; default: the bundled synthetic sample)")
     src.add_argument("--data-files", nargs="+", metavar="PATH",
-                     help="local files or globs: Amazon review .tsv/.tsv.gz, .csv, .json, .jsonl, .parquet or .txt "
-                          "(one type per run; .txt gives a column named 'text')")
+                     help="local files or globs: Amazon review .tsv/.tsv.gz, .csv, .json, .jsonl, .parquet or "
+                          ".txt/.txt.gz (one type per run; .txt gives a column named 'text', one row per line)")
     src.add_argument("--dataset", metavar="NAME", help="Hugging Face hub dataset name, loaded with `datasets`")
     src.add_argument("--dataset-type", metavar="CONFIG", help="configuration (subset) of --dataset")
     p.add_argument("--text-column", metavar="COL[,COL...]",
@@ -43,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streaming", action="store_true",
                    help="stream hub/local datasets instead of converting them to Arrow first (TSVs always stream)")
     p.add_argument("--num-proc", type=int, default=1,
-                   help="worker processes: whole files in parallel when several TSVs are given, else normalisation "
-                        "(default: %(default)s)")
+                   help="worker processes: whole files in parallel when several TSV or text files are given, else "
+                        "normalisation (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing corpus in --output-dir (only once the new one is complete)")
+                   help="replace an existing corpus in --output-dir (only once the new one is complete; the staging "
+                        "directory beside it needs free space of about twice the corpus)")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     return p
 

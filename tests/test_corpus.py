@@ -362,3 +362,22 @@ def test_text_files_are_read_line_by_line_with_bad_bytes_skipped(tmp_path):
         assert manifest["rows_read"] == 3001 and manifest["dropped"] == {"bad_utf8": 1}
     with pytest.raises(UsageError, match="column title not in"):
         corpus(tmp_path, str(tmp_path / "a.txt"), "c", text_columns=["title"])
+
+
+def test_the_pool_reads_only_a_few_batches_ahead():
+    from multiprocessing import Pool
+
+    from corpus.pipeline import _imap_ahead
+
+    pulled = []
+
+    def batches():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    with Pool(2) as pool:
+        results = _imap_ahead(pool, abs, batches(), 4)
+        assert next(results) == 0
+        assert len(pulled) <= 5  # Pool.imap would queue all 1,000 (the whole file, on a real input)
+        assert list(results) == list(range(1, 1000))
