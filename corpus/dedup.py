@@ -3,8 +3,10 @@
 Sentences and their 64-bit hashes spill to disk as they come. Once the stream ends, the hash space is
 cut into ranges small enough to sort in memory: each range's (hash, position) pairs are sorted and the
 first position of every hash is marked. The spilled sentences are then read back in order with their
-marks. Memory: one byte a sentence for the marks and one range's pairs (a few dozen MB) whatever the
-corpus; disk: the sentences once more, and 24 bytes a sentence, in the staging directory.
+marks. Memory: one byte a spilled sentence for the marks, and one range's pairs and a window of recent
+hashes (a few dozen MB) whatever the corpus; disk: the spilled sentences once more, and 24 bytes each, in
+the staging directory. Copies of a sentence close together (a title over its reviews) are dropped before
+the spill, so that it holds about the distinct sentences.
 """
 import os
 import shutil
@@ -19,19 +21,38 @@ READ_BYTES = 1 << 22
 class SentenceSpill:
     """Collects sentences and hashes on disk; `first_occurrences` and `replay` give them back deduplicated."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, recent: int = 1 << 20) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.text = open(os.path.join(directory, "sentences.txt"), "wb")
         self.hashes = open(os.path.join(directory, "hashes.u64"), "wb")
-        self.count = 0
+        self.count = 0  # sentences spilled
+        self.repeats = 0  # later copies dropped before spilling
+        self.recent, self.recent_size = np.empty(0, np.uint64), recent
 
     def add(self, sentences: list[str], hashes: np.ndarray) -> None:
-        """Append a batch (no sentence holds a newline: normalisation made them spaces)."""
-        if sentences:
-            self.text.write(("\n".join(sentences) + "\n").encode("utf-8"))
-            hashes.astype("<u8", copy=False).tofile(self.hashes)
-            self.count += len(sentences)
+        """Append a batch (no sentence holds a newline: normalisation made them spaces).
+
+        A copy of a sentence met in this batch or among the last `recent` hashes is dropped here (only
+        later copies, so first occurrences are unchanged): disk and the mask then grow with distinct
+        sentences rather than rows; a copy from longer ago is left to the sort.
+        """
+        unique, first = np.unique(hashes, return_index=True)
+        if len(self.recent) and len(unique):
+            at = np.minimum(np.searchsorted(self.recent, unique), len(self.recent) - 1)
+            fresh = self.recent[at] != unique
+            unique, first = unique[fresh], first[fresh]
+        self.repeats += len(hashes) - len(first)
+        if len(self.recent) + len(unique) > self.recent_size:
+            self.recent = unique
+        else:  # disjoint sorted arrays: one copy, sorted in place
+            self.recent = np.concatenate((self.recent, unique))
+            self.recent.sort()
+        if len(first):
+            first.sort()
+            self.text.write(("\n".join([sentences[i] for i in first.tolist()]) + "\n").encode("utf-8"))
+            hashes[first].astype("<u8", copy=False).tofile(self.hashes)
+            self.count += len(first)
 
     def first_occurrences(self) -> np.ndarray:
         """A mask over all sentences added: True where a hash appears for the first time."""

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
-from corpus.sources import NATIVE_READERS, SourceStats, expand_data_files, file_kind, read_text_batches
+from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
 from corpus.dedup import SentenceSpill
 from corpus.splitting import RepeatFilter, sentence_hashes, validation_mask
 from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
@@ -81,7 +81,7 @@ def prepare_batch(batch: tuple[int, list[str]], cfg: CorpusConfig) -> Prepared:
 
 
 def prepare_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[dict[str, int], int]:
-    """One whole TSV or text file in a worker process, its prepared batches pickled one by one to a spill file that the
+    """One whole TSV in a worker process, its prepared batches pickled one by one to a spill file that the
     parent reads back as it goes, so that no file's text is ever held whole. Returns (dropped, repeats)."""
     path, spill = job
     stats, repeats = SourceStats(), RepeatFilter()
@@ -141,8 +141,10 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
     batches = itertools.chain([first] if first is not None else [], batches)
     files = expand_data_files(cfg.data_files) if cfg.data_files else []
-    # Several TSV or text files and several processes: each worker reads and normalises whole files, in file order.
-    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) in NATIVE_READERS for f in files)
+    # Several TSVs and several processes: each worker reads and normalises whole files, in file order.
+    # (TSVs only: each worker's RepeatFilter sees one file, which changes no line written but would change the
+    # manifest's counts of other formats, where one filter used to see every file.)
+    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) == "tsv" for f in files)
     if per_file:
         stats = SourceStats()  # the peek above is discarded: the workers read every file themselves
     try:
@@ -182,7 +184,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             writers["train"].write_lines(list(itertools.compress(lines, new & ~validation)))
             writers["validation"].write_lines(list(itertools.compress(lines, new & validation)))
         spill.remove()
-        duplicates = spill.count - int(keep.sum())
+        duplicates = spill.repeats + spill.count - int(keep.sum())
         shards = {split: w.close() for split, w in writers.items()}
         dropped.update(stats.dropped)
         rows_read = rows_seen + sum(stats.dropped.values())

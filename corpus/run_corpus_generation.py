@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streaming", action="store_true",
                    help="stream hub/local datasets instead of converting them to Arrow first (TSVs always stream)")
     p.add_argument("--num-proc", type=int, default=1,
-                   help="worker processes: whole files in parallel when several TSV or text files are given, else "
-                        "normalisation (default: %(default)s)")
+                   help="worker processes: whole files in parallel when several TSVs are given, else normalisation "
+                        "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing corpus in --output-dir (only once the new one is complete; the staging "
                         "directory beside it needs free space of about twice the corpus)")

@@ -105,17 +105,33 @@ def _whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
     return data[:whole], data[whole:]
 
 
+def _text_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
+    """`_whole_lines`, where "\r\n" and a lone "\r" end a line too (both become "\n")."""
+    data, held = carry + block, b""
+    if block and data.endswith(b"\r"):  # the "\n" of a "\r\n" may open the next block
+        data, held = data[:-1], b"\r"
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not block and data and not data.endswith(b"\n"):
+        data += b"\n"
+    whole = data.rfind(b"\n") + 1
+    return data[:whole], data[whole:] + held
+
+
 def read_text_lines(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[tuple[str]]]:
     """Batches of 1-tuples, one per line of a plain or gzipped text file (its one column is 'text').
 
     Read like a TSV, in large blocks, rather than through `datasets`: no Arrow copy on disk, memory flat
     whatever the file's size, and a line with bad UTF-8 is counted and skipped instead of failing the run.
-    A line ends at "\n" alone (a "\r" before it, or inside it, becomes a space when normalised).
+    Lines end as in Python's text mode (which `datasets` used): at "\n", "\r\n" or a lone "\r".
     """
     resolve_columns(columns, ["text"], path)
-    carry = b""
+    carry, first = b"", True
     for block in _read_ahead(path):
-        data, carry = _whole_lines(carry, block)
+        if first and b"\x00" in block[: 1 << 16]:
+            raise UsageError(f"{path!r} is not UTF-8 text (it holds NUL bytes: UTF-16 or binary?); "
+                             "convert it to UTF-8 or check --data-files")
+        first = False
+        data, carry = _text_lines(carry, block)
         if not data:
             continue
         try:

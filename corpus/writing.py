@@ -33,11 +33,12 @@ class ShardWriter:
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Append UTF-8 lines (none holding a newline), one write per shard they fall in."""
-        while lines:
+        start = 0
+        while start < len(lines):
             if self._file is None:
                 self._file = open(self._path(len(self.shards)) + ".tmp", "wb")
-            room = self.lines_per_shard - self._lines
-            part, lines = lines[:room], lines[room:]
+            part = lines[start : start + self.lines_per_shard - self._lines]
+            start += len(part)
             data = b"\n".join(part) + b"\n"
             self._file.write(data)
             self._sha.update(data)

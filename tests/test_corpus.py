@@ -263,34 +263,42 @@ def test_a_truncated_gzip_file_is_a_one_line_error(tmp_path, sample_tsv):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def spilled(tmp_path, batches) -> "SentenceSpill":
+def spilled(tmp_path, batches, **kwargs) -> "SentenceSpill":
     from corpus.dedup import SentenceSpill
 
-    spill = SentenceSpill(str(tmp_path / "spill"))
+    spill = SentenceSpill(str(tmp_path / "spill"), **kwargs)
     for batch in batches:
         spill.add([f"s{h}" for h in batch.tolist()], batch)
     return spill
 
 
-def test_spill_keeps_first_occurrences_in_order(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recent", [1, 50, 1 << 20])  # repeats left to the sort, or mostly caught before it
+def test_spill_keeps_first_occurrences_in_order(tmp_path, monkeypatch, recent):
     import corpus.dedup
 
     monkeypatch.setattr(corpus.dedup, "RANGE_SENTENCES", 500)  # many ranges and chunks
+    monkeypatch.setattr(corpus.dedup, "READ_BYTES", 333)  # lines cut across read blocks
     rng = np.random.default_rng(0)
-    # small values repeat within and across batches; large ones spread over the whole hash space
-    batches = [np.concatenate([rng.integers(0, 3000, int(rng.integers(0, 200))),
+    # small values repeat within and across batches; large ones spread over the whole hash space; one
+    # hash comes back in every batch (all its copies in one range)
+    batches = [np.concatenate([rng.integers(0, 3000, int(rng.integers(0, 200))), [7] * 20,
                                rng.integers(0, 2**64 - 1, 30, dtype=np.uint64, endpoint=True)]).astype(np.uint64)
                for _ in range(100)]
-    spill = spilled(tmp_path, batches)
-    keep, reference, expected = spill.first_occurrences(), set(), []
+    spill = spilled(tmp_path, batches, recent=recent)
+    keep, seen, expected = spill.first_occurrences(), set(), []
     for h in np.concatenate(batches).tolist():
-        expected.append(h not in reference)
-        reference.add(h)
-    assert keep.tolist() == expected
-    replayed = [(lines, hashes, position) for lines, hashes, position in spill.replay()]
-    assert [line for lines, _, _ in replayed for line in lines] == [f"s{h}".encode() for b in batches for h in b.tolist()]
-    assert np.array_equal(np.concatenate([h for _, h, _ in replayed]), np.concatenate(batches))
-    assert [p for _, _, p in replayed] == list(np.cumsum([0] + [len(lines) for lines, _, _ in replayed[:-1]]))
+        if h not in seen:
+            seen.add(h)
+            expected.append(h)
+    kept, positions = [], []
+    for lines, hashes, position in spill.replay():
+        assert [line.decode() for line in lines] == [f"s{h}" for h in hashes.tolist()]
+        mask = keep[position : position + len(lines)]
+        kept.extend(hashes[mask].tolist())
+        positions.append((position, len(lines)))
+    assert kept == expected and len(positions) > 10
+    assert [p for p, _ in positions] == list(np.cumsum([0] + [n for _, n in positions[:-1]]))
+    assert spill.repeats + spill.count - keep.sum() == sum(map(len, batches)) - len(seen)
     spill.remove()
     assert not (tmp_path / "spill").exists()
 
@@ -305,15 +313,15 @@ def test_spill_memory_is_a_byte_a_sentence_whatever_the_corpus(tmp_path, monkeyp
     batches = [rng.integers(0, 2**64 - 1, 10_000, dtype=np.uint64, endpoint=True) for _ in range(40)]
     tracemalloc.start()
     try:
-        spill = spilled(tmp_path, batches)
+        spill = spilled(tmp_path, batches, recent=1 << 15)
         keep = spill.first_occurrences()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert keep.sum() == 400_000
-    # the mask (1 byte a sentence) and one range's pairs and sort (~60 bytes each): holding every hash
+    assert keep.sum() == 400_000 and spill.count == 400_000
+    # a window of recent hashes (2 x 8 bytes each while it grows), the mask (1 byte a sentence) and one range's pairs and sort (~60 bytes each): holding every hash
     # (8 bytes a sentence) or every pair (16) would not fit
-    assert peak <= 400_000 + 60 * (1 << 16) + 500_000, peak
+    assert peak <= 16 * (1 << 15) + 400_000 + 60 * (1 << 16) + 500_000, peak
 
 
 def test_validation_mask_is_is_validation_at_the_boundary():
@@ -381,3 +389,30 @@ def test_the_pool_reads_only_a_few_batches_ahead():
         assert next(results) == 0
         assert len(pulled) <= 5  # Pool.imap would queue all 1,000 (the whole file, on a real input)
         assert list(results) == list(range(1, 1000))
+
+
+@pytest.mark.parametrize("read_bytes", [1, 2, 5, 1 << 20])
+def test_text_lines_end_as_in_text_mode_across_blocks(tmp_path, monkeypatch, read_bytes):
+    """"\\n", "\\r\\n" and a lone "\\r" end a line, as in Python's text mode (what `datasets` read with)."""
+    import corpus.sources
+    from corpus.sources import SourceStats, read_text_lines
+
+    monkeypatch.setattr(corpus.sources, "READ_BYTES", read_bytes)
+    rng = random.Random(read_bytes)
+    for trial in range(20):
+        raw = "".join(rng.choice(["ab", "é", "\r", "\n", "\r\n", " "]) for _ in range(rng.randrange(0, 40)))
+        path = tmp_path / f"t{trial}.txt"
+        path.write_bytes(raw.encode())
+        with open(path, encoding="utf-8") as f:
+            expected = f.read().split("\n")
+        expected = expected[:-1] if expected[-1] == "" else expected
+        got = [line for batch in read_text_lines(str(path), None, SourceStats()) for (line,) in batch]
+        assert got == expected, repr(raw)
+
+
+def test_a_utf16_text_file_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "u.txt"
+    path.write_text("Soft blanket\nPink bottle\n", encoding="utf-16")
+    with pytest.raises(UsageError, match="not UTF-8 text.*NUL"):
+        corpus(tmp_path, str(path))
+    assert sorted(os.listdir(tmp_path)) == ["u.txt"]
