@@ -96,7 +96,7 @@ def plan_fit(files: list[str], memory_budget: int, max_lines: int = 0) -> FitPla
     within_budget = int((memory_budget - FIT_OVERHEAD) / MEMORY_PER_TEXT_BYTE / line_bytes)
     least = min(corpus_lines, MIN_FIT_LINES)
     if within_budget < least:
-        need = format_bytes(estimate_fit_memory(least * line_bytes))
+        need = f"{-(-estimate_fit_memory(least * line_bytes) // MiB):,}MiB"  # rounded up, in a form the flag takes
         raise UsageError(f"--memory-budget {format_bytes(memory_budget)} is too small to fit a tokenizer on {least:,} "
                          f"lines of this corpus; raise it to at least {need}")
     plan = FitPlan(corpus_lines, corpus_bytes, corpus_lines, estimate_fit_memory(corpus_bytes), None)

@@ -45,17 +45,25 @@ def _available() -> int | None:
 
 
 def default_memory_budget() -> int:
-    """Half of the machine's memory, or of what is available or the container allows when that is less."""
+    """Half of the machine's memory, or of what the container allows when that is less.
+
+    Not of what is free now: the budget decides the sample, so a rerun on the same machine must get the
+    same one (`available_memory` is checked separately, for a warning).
+    """
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Linux and macOS
     except (AttributeError, ValueError, OSError):
         total = None
-    known = [m for m in (total, _available(), _cgroup_limit()) if m]
+    known = [m for m in (total, _cgroup_limit()) if m]
     if not known:
         return 4 * GiB
     half = min(known) // 2
-    # Whole GiB, so that a rerun's budget (and so its sample) does not change with a little free memory.
     return half // GiB * GiB if half >= 2 * GiB else half // MiB * MiB
+
+
+def available_memory() -> int | None:
+    """What the kernel says could be had now without swapping (Linux only; None elsewhere)."""
+    return _available()
 
 
 def format_bytes(n: float) -> str:

@@ -14,9 +14,9 @@ import tempfile
 import time
 
 from common import UsageError, run_main
-from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, fit_tokenizer, plan_fit,
-                               save_tokenizer)
-from tokenizer.memory import default_memory_budget, format_bytes, parse_memory_budget
+from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
+                               plan_fit, save_tokenizer)
+from tokenizer.memory import available_memory, default_memory_budget, format_bytes, parse_memory_budget
 from tokenizer.report import tokenizer_report
 
 REPORT = "tokenizer_report.json"
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget",
                    help="most memory the fit may take, e.g. 4GiB, 512MiB, 2G (binary), 2GB (decimal) or a number "
                         "of MiB; a corpus that would need more is fitted on a uniform random sample of its lines "
-                        "that fits (default: half of this machine's memory, or of what is available or the "
-                        f"container allows if less; here {format_bytes(default_memory_budget())}; pass it "
+                        "that fits (default: half of this machine's memory, or of what the container allows if "
+                        f"less; here {format_bytes(default_memory_budget())}; pass it "
                         "explicitly for the same sample on any machine)")
     p.add_argument("--max-lines", type=int, default=0,
                    help="fit on at most this many lines, a uniform random sample of the whole corpus; "
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     files = corpus_files(args.corpus_dir)
     plan = plan_fit(files, budget, args.max_lines)
     print(describe(plan, budget), file=sys.stderr)
+    needed = estimate_fit_memory(plan.lines / plan.corpus_lines * plan.corpus_bytes)
+    available = available_memory()
+    if available is not None and available < needed:
+        print(f"warning: only {format_bytes(available)} of memory is free now, less than the ~{format_bytes(needed)} "
+              "this fit may take; close other programs or pass a smaller --memory-budget", file=sys.stderr)
     sample = LineSample(files, plan.lines, plan.corpus_lines, args.seed) if plan.sampled else None
     started = time.time()
     tokenizer = fit_tokenizer(files, args.vocab_size, args.min_frequency, args.lowercase, sample,
