@@ -65,7 +65,7 @@ def prepare_batch(batch: tuple[int, list[str]], cfg: CorpusConfig) -> Prepared:
     """All the per-sentence work on one batch of fresh texts: normalise, filter by length, hash.
 
     The row count travels with the batch through the pool; what is left for the parent is one
-    dedup probe and one write per batch.
+    write to the spill per batch (see corpus/dedup.py).
     """
     rows, texts = batch
     kept, dropped = [], {"empty": 0, "too_short": 0, "too_long": 0}
