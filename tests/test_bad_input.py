@@ -80,6 +80,7 @@ CASES = [
     ("training", {"--max-time": "soon"}, 2, "--max-time 'soon' is not a duration"),
     ("training", {"--seed": "-1"}, 2, "--seed must be between 0 and 4294967295"),
     ("training", {"--seed": str(2**32)}, 2, "--seed must be between 0 and 4294967295"),
+    ("training", {"--language": "English"}, 2, "--language 'English' is not a list of language codes"),
     ("training", {"--watch-texts": "D/long_watch.txt", "--max-seq-length": "16"}, 2,
      "line 3 has its <mask> past --max-seq-length 16 tokens; shorten the line or raise --max-seq-length"),
     ("training", {"--accumulate-grad-batches": "0"}, 2, "--accumulate-grad-batches must be at least 1"),

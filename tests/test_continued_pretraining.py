@@ -25,7 +25,7 @@ def short_run(pipeline_run, job, *extra):
 def test_init_from_continues_from_the_exported_weights(tmp_path, pipeline_run):
     exported_loss = pipeline_run["final_metrics"]["val_loss"]
     short_run(pipeline_run, tmp_path / "continued", "--init-from", os.path.join(pipeline_run["job"], "model"),
-              "--max-seq-length", "64")
+              "--max-seq-length", "64", "--language", "en")
     short_run(pipeline_run, tmp_path / "fresh", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL)
     continued, _ = first_and_last_val_loss(tmp_path / "continued")
     fresh, _ = first_and_last_val_loss(tmp_path / "fresh")
@@ -33,6 +33,11 @@ def test_init_from_continues_from_the_exported_weights(tmp_path, pipeline_run):
     assert continued < fresh - 0.5, (continued, fresh)
     card = open(tmp_path / "continued" / "model" / "README.md").read()
     assert "hidden 64, layers 2" in card  # the architecture came from the model, not from the flags
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tmp_path / "continued" / "model" / "README.md").data
+    origin = os.path.basename(pipeline_run["job"])  # the name the exported model's own card gives
+    assert data.base_model == origin and f"Continued from `{origin}`" in card and data.language == "en"
 
 
 def test_init_from_with_another_tokenizer_is_refused(tmp_path, pipeline_run):

@@ -263,7 +263,7 @@ def test_a_truncated_gzip_file_is_a_one_line_error(tmp_path, sample_tsv):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def spilled(tmp_path, batches, **kwargs) -> "SentenceSpill":
+def spilled(tmp_path, batches, **kwargs):
     from corpus.dedup import SentenceSpill
 
     spill = SentenceSpill(str(tmp_path / "spill"), **kwargs)

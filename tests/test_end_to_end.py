@@ -70,9 +70,19 @@ def test_learning_curves_plot(tmp_path, pipeline_run):
 
 
 def test_model_card_and_hparams(pipeline_run):
-    card = open(os.path.join(pipeline_run["job"], "model", "README.md")).read()
-    assert "## Final validation" in card and str(pipeline_run["final_metrics"]["val_loss"]) in card
-    assert "train lines:" in card and "vocabulary:" in card
+    from huggingface_hub import ModelCard
+
+    path = os.path.join(pipeline_run["job"], "model", "README.md")
+    card, metrics = ModelCard.load(path), pipeline_run["final_metrics"]
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "fill-mask")
+    assert card.data.model_name == os.path.basename(pipeline_run["job"]) and card.data.base_model is None
+    scores = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert scores == {"loss": round(metrics["val_loss"], 4), "perplexity": round(metrics["val_perplexity"], 4)}
+    assert {r.task_type for r in card.data.eval_results} == {"fill-mask"} and card.data.language is None
+    text = open(path).read()
+    assert "Trained from scratch" in text and "validation sentences, fixed masks (seed 42)" in text
+    assert "## Final validation" in text and str(metrics["val_loss"]) in text
+    assert "train lines:" in text and "vocabulary:" in text
     events = EventAccumulator(os.path.join(pipeline_run["job"], "tensorboard"))
     events.Reload()
     assert "hparams/val_loss" in events.Tags()["scalars"]  # next to the hyperparameters in the HParams tab

@@ -511,6 +511,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
         self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
                                          self.max_val_sentences)
+        self.val_sentences = len(val)
         log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
                  self.seed)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability,

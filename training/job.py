@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from common import Interrupted, UsageError
 from training.data import MaskedLMDataModule, file_sha256, files_fingerprint
 from training.export import export_model
-from training.model_card import corpus_manifest, model_card, read_json
+from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
 from training.schedule import SCHEDULES
 from training.devices import apply_plan, check_strategy, device_type, plan_for_device
@@ -40,6 +41,7 @@ class TrainingConfig:
     val_path: str
     tokenizer_path: str | None = None  # default: data/tokenizer, or the --init-from model's own tokenizer
     init_from: str | None = None
+    language: str | None = None  # for the model card: ISO 639-1 codes, comma-separated
     model_size: str = "base"
     hidden_size: int | None = None
     num_layers: int | None = None
@@ -107,6 +109,8 @@ def validate_config(cfg: TrainingConfig) -> None:
         (cfg.warmup_ratio is None or 0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
         (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
         (cfg.max_val_sentences >= 0, f"--max-val-sentences must be 0 (all) or more, got {cfg.max_val_sentences}"),
+        (cfg.language is None or all(re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?", c) for c in cfg.language.split(",")),
+         f"--language {cfg.language!r} is not a list of language codes; pass ISO 639-1 codes such as en or en,de"),
         (cfg.fill_mask_samples >= 0 and cfg.log_embeddings >= 0,
          "--fill-mask-samples and --log-embeddings must be 0 (off) or more"),
         (cfg.peak_tflops is None or cfg.peak_tflops > 0, f"--peak-tflops must be positive, got {cfg.peak_tflops}"),
@@ -391,7 +395,12 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         trainer.logger.log_hyperparams(training | identity, {f"hparams/{k}": v for k, v in metrics.items()
                                                              if k.startswith("val_")})
         report = read_json(os.path.join(os.path.dirname(tokenizer_file), "tokenizer_report.json"))
-        card = model_card(module.config, metrics, corpus_manifest(cfg.train_path), report, training)
+        scored, total = len(datamodule.val_set), datamodule.val_sentences
+        validation = (f"all {total:,} validation sentences" if scored == total else
+                      f"{scored:,} of {total:,} validation sentences") + f", fixed masks (seed {cfg.seed})"
+        card = model_card(module.config, metrics, corpus_manifest(cfg.train_path), report, training,
+                          model_name(cfg.job_dir), validation, cfg.language.split(",") if cfg.language else None,
+                          cfg.init_from)
         export_model(module.model, tokenizer, os.path.join(cfg.job_dir, "model"), {"README.md": card})
         with open(os.path.join(cfg.job_dir, "final_metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--init-from", metavar="DIR",
                     help="continue pretraining from a local RoBERTa masked-LM directory (an exported JOB/model or a "
                          "Hugging Face one); its config replaces the model flags")
+    io.add_argument("--language", metavar="CODE[,CODE]",
+                    help="language(s) of the text, ISO 639-1 (e.g. en), written into the model card's front matter "
+                         "for the Hugging Face Hub (default: unset)")
     io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
     m = p.add_argument_group("model")
     m.add_argument("--model-size", choices=list(MODEL_SIZES), default="base",
