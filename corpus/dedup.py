@@ -14,6 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
+from corpus.sources import whole_lines
+
 RANGE_SENTENCES = 1 << 20  # hashes sorted at once: ~40 MB with their positions and the sort's temporaries
 READ_BYTES = 1 << 22
 
@@ -90,12 +92,12 @@ class SentenceSpill:
         position, carry = 0, b""
         with open(os.path.join(self.directory, "sentences.txt"), "rb") as text, \
                 open(os.path.join(self.directory, "hashes.u64"), "rb") as hashes:
-            while block := text.read(READ_BYTES):
-                block = carry + block
-                whole = block.rfind(b"\n") + 1
-                lines, carry = block[: whole - 1].split(b"\n") if whole else [], block[whole:]
-                if lines:
-                    yield lines, np.fromfile(hashes, dtype="<u8", count=len(lines)).astype(np.uint64), position
+            while block := text.read(READ_BYTES):  # the file ends with a newline: nothing is left in carry
+                data, carry = whole_lines(carry, block)
+                if data:
+                    lines = data[:-1].split(b"\n")
+                    yield lines, np.fromfile(hashes, dtype="<u8", count=len(lines)).astype(np.uint64, copy=False), \
+                        position
                     position += len(lines)
 
     def remove(self) -> None:
@@ -104,6 +106,6 @@ class SentenceSpill:
     def _hash_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         with open(os.path.join(self.directory, "hashes.u64"), "rb") as f:
             start = 0
-            while len(chunk := np.fromfile(f, dtype="<u8", count=RANGE_SENTENCES).astype(np.uint64)):
+            while len(chunk := np.fromfile(f, dtype="<u8", count=RANGE_SENTENCES).astype(np.uint64, copy=False)):
                 yield start, chunk
                 start += len(chunk)

@@ -83,7 +83,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
     """
     carry, header = b"", None
     for block in _read_ahead(path):
-        data, carry = _whole_lines(carry, block)
+        data, carry = whole_lines(carry, block)
         if header is None:
             if not data and block and len(carry) < 1 << 16:
                 continue  # the header line is not complete yet
@@ -98,7 +98,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
         _tsv_header(carry, path)
 
 
-def _whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
+def whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
     """(the whole lines of carry + block, what is left of the last one); the last block, b"", ends the last line."""
     data = carry + block if block else (carry + b"\n" if carry else b"")
     whole = data.rfind(b"\n") + 1
@@ -106,7 +106,7 @@ def _whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
 
 
 def _text_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
-    """`_whole_lines`, where "\r\n" and a lone "\r" end a line too (both become "\n")."""
+    """`whole_lines`, where "\r\n" and a lone "\r" end a line too (both become "\n")."""
     data, held = carry + block, b""
     if block and data.endswith(b"\r"):  # the "\n" of a "\r\n" may open the next block
         data, held = data[:-1], b"\r"

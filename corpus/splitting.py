@@ -23,7 +23,7 @@ def sentence_hashes(sentences: list[str], seed: int) -> np.ndarray:
         h.update(sentence.encode("utf-8"))
         return h.digest()
 
-    return np.frombuffer(b"".join(map(digest, sentences)), dtype="<u8").astype(np.uint64)
+    return np.frombuffer(b"".join(map(digest, sentences)), dtype="<u8").astype(np.uint64, copy=False)
 
 
 def is_validation(hash_value: int, validation_size: float) -> bool:

@@ -32,8 +32,8 @@ def _cgroup_limit() -> int | None:
     return None
 
 
-def _available() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux): free memory plus the cache the kernel can drop."""
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo: free memory plus the cache the kernel can drop (Linux only; None elsewhere)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -59,11 +59,6 @@ def default_memory_budget() -> int:
         return 4 * GiB
     half = min(known) // 2
     return half // GiB * GiB if half >= 2 * GiB else half // MiB * MiB
-
-
-def available_memory() -> int | None:
-    """What the kernel says could be had now without swapping (Linux only; None elsewhere)."""
-    return _available()
 
 
 def format_bytes(n: float) -> str:
