@@ -133,13 +133,22 @@ def main() -> None:
     p.add_argument("--corpus-dir", help="step 1 output (default: generated from --rows reviews)")
     p.add_argument("--tokenizer", help="step 2 output (default: fitted on the corpus)")
     p.add_argument("--rows", type=int, default=300_000, help="reviews to generate (default: %(default)s)")
-    p.add_argument("--seconds", type=float, nargs="+", default=[150, 600],
+    p.add_argument("--seconds", type=float, nargs="+", default=[60, 150, 600],
                    help="training budgets; each is a separate comparison (default: %(default)s)")
     p.add_argument("--try", dest="try_flags", nargs="*", default=[], metavar="FLAGS",
-                   help='more (a) runs, each with these run_training.py flags, e.g. "--lr-schedule wsd"')
-    p.add_argument("--skip-trainer", action="store_true", help="only (a) and its --try variants (a schedule sweep)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
+                   help='more (a) runs, each with these run_training.py flags, e.g. "--mlm-probability 0.3"')
+    p.add_argument("--repeats", type=int, default=1,
+                   help="(a) runs per setting and budget, seeds --seed, --seed+1...: the table gives the mean and the "
+                        "spread (max - min) (default: %(default)s)")
+    p.add_argument("--skip-trainer", action="store_true", help="only (a) and its --try variants (a sweep)")
+    p.add_argument("--target-loss", type=float,
+                   help="time to quality against this loss instead of the Trainer's (b1) at --reference-seconds")
+    p.add_argument("--reference-seconds", type=float, default=600,
+                   help="the (b1) budget whose loss (a) must reach, for the time to quality (default: %(default)s)")
+    p.add_argument("--no-time-to-quality", dest="time_to_quality", action="store_false",
+                   help="skip the search for the budget at which (a) reaches the target")
+    p.add_argument("--batch-size", type=int, default=32, help="the Trainer's sequences per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-4, help="the Trainer's peak learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workdir", default="/tmp/bench_train", help="scratch directory (default: %(default)s)")
     p.add_argument("--hf", choices=["b1", "b2"], help=argparse.SUPPRESS)  # internal: one Trainer run
@@ -152,57 +161,119 @@ def main() -> None:
         print(json.dumps(result))
         return
     corpus, tokenizer = (args.corpus_dir, args.tokenizer) if args.corpus_dir else prepare_data(args.workdir, args.rows)
+    settings = {"a  (this project, --max-time)": list(args.extra)}
+    settings.update({f"a+ {variant}": shlex.split(variant) for variant in args.try_flags})
+    table: dict[str, dict[float, list[dict]]] = {name: {} for name in settings}
+    trainer: dict[float, dict] = {}
     for seconds in args.seconds:
-        compare(corpus, tokenizer, seconds, args)
+        for i, (name, flags) in enumerate(settings.items()):
+            table[name][seconds] = [run_project(f"a{i}-r{r}", corpus, tokenizer, seconds, args.seed + r, args, flags)
+                                    for r in range(args.repeats)]
+        if not args.skip_trainer:
+            trainer[seconds] = compare_with_trainer(corpus, tokenizer, seconds, table, args)
+    print_table(table, args.seconds)
+    target = args.target_loss
+    if target is None and args.reference_seconds in trainer:
+        target = trainer[args.reference_seconds]["b1 (Trainer, line by line)"]["val_loss"]
+    if args.time_to_quality and target is not None:
+        default_runs = {s: runs[0]["val_loss"] for s, runs in table["a  (this project, --max-time)"].items()}
+        time_to_quality(corpus, tokenizer, target, default_runs, args)
 
 
-def run_project(name: str, corpus: str, tokenizer: str, seconds: float, args: argparse.Namespace,
+def run_project(name: str, corpus: str, tokenizer: str, seconds: float, seed: int, args: argparse.Namespace,
                 flags: list[str]) -> dict:
-    """(a): run_training.py with --max-time and the comparison's fixed model size, batch and rate."""
+    """(a): run_training.py as a user with a time budget runs it: `--model-size tiny --max-time SECONDS`, then
+    only where the data is, the seed and the CPU; scored by the shared function."""
     job = os.path.join(args.workdir, f"{name}-{seconds:g}")
     subprocess.run(["rm", "-rf", job])
     subprocess.run([sys.executable, "training/run_training.py", "--job-dir", job, "--path-to-train-set",
                     f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation", "--path-to-tokenizer", tokenizer,
-                    "--model-size", "tiny", "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                    "--max-time", str(seconds), "--seed", str(args.seed), "--accelerator", "cpu", "--no-progress",
-                    *flags], cwd=REPO, check=True, capture_output=True)
+                    "--model-size", "tiny", "--max-time", f"{seconds:g}", "--seed", str(seed), "--accelerator", "cpu",
+                    "--no-progress", *flags], cwd=REPO, check=True, capture_output=True)
     metrics = json.load(open(os.path.join(job, "final_metrics.json")))
+    model = os.path.join(job, "model")
     return {"steps": metrics["global_step"], "seconds": metrics["train_seconds"],
-            "tokens_per_second": metrics["train_tokens_per_second"], "model": os.path.join(job, "model")}
+            "tokens_per_second": metrics["train_tokens_per_second"], "model": model,
+            "val_loss": validation_loss(model, tokenizer, corpus)}
 
 
-def compare(corpus: str, tokenizer: str, seconds: float, args: argparse.Namespace) -> None:
-    results = {"a  (this project, --max-time)": run_project("a", corpus, tokenizer, seconds, args, args.extra)}
-    for i, variant in enumerate(args.try_flags):
-        results[f"a+ {variant}"] = run_project(f"a{i}", corpus, tokenizer, seconds, args, shlex.split(variant))
-    trainer_runs = () if args.skip_trainer else (("b1", "b1 (Trainer, line by line)"),
-                                                 ("b2", "b2 (Trainer, 128-token groups)"))
-    for kind, name in trainer_runs:
+def compare_with_trainer(corpus: str, tokenizer: str, seconds: float, table: dict, args: argparse.Namespace) -> dict:
+    """(b1) and (b2) for this budget, printed against (a)'s first run; returns their results."""
+    results = {}
+    for kind, name in (("b1", "b1 (Trainer, line by line)"), ("b2", "b2 (Trainer, 128-token groups)")):
         out = subprocess.run([sys.executable, __file__, "--hf", kind, "--corpus-dir", corpus, "--tokenizer", tokenizer,
                               "--seconds", str(seconds), "--batch-size", str(args.batch_size), "--lr",
                               str(args.lr), "--seed", str(args.seed), "--workdir", args.workdir],
                              cwd=REPO, check=True, capture_output=True, text=True)
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        results[name]["model"] = os.path.join(args.workdir, kind, "model")
-    for r in results.values():
-        r["val_loss"] = validation_loss(r["model"], tokenizer, corpus)
+        results[name]["val_loss"] = validation_loss(os.path.join(args.workdir, kind, "model"), tokenizer, corpus)
+    a = table["a  (this project, --max-time)"][seconds][0]
     print(f"\n== budget {seconds:g} s ==\n{'run':<40}{'steps':>7}{'seconds':>9}{'tokens/s':>11}{'val loss':>10}")
-    for name, r in results.items():
+    for name, r in {"a  (this project, --max-time)": a, **results}.items():
         print(f"{name:<40}{r['steps']:>7}{r['seconds']:>9.1f}{r['tokens_per_second']:>11,.0f}{r['val_loss']:>10.3f}")
-    if args.skip_trainer:
-        return
-    a, b1, b2 = (results[k] for k in list(results)[:1] + ["b1 (Trainer, line by line)", "b2 (Trainer, 128-token groups)"])
     with open(os.path.join(a["model"], "README.md")) as f:  # the model card lists what (a) ran with
-        chosen = [line[2:].strip() for line in f
-                  if line.startswith(("- precision:", "- attention:", "- dropout:", "- lr_schedule:", "- warmup_ratio:"))]
-    print(f"\n(a) ran with {', '.join(chosen)}")
-    speed_b1, speed_b2 = a["tokens_per_second"] / b1["tokens_per_second"], a["tokens_per_second"] / b2["tokens_per_second"]
-    best = min(r["val_loss"] for name, r in results.items() if name.startswith("a"))
-    print(f"tokens/s: {speed_b1:.2f}x (b1), {speed_b2:.2f}x (b2); "
-          f"val loss: a {a['val_loss']:.3f} vs b1 {b1['val_loss']:.3f}, b2 {b2['val_loss']:.3f}, best (a) variant {best:.3f}")
-    print(f"targets: 6x b1 {'met' if speed_b1 >= 6 else 'NOT met'}, 2.5x b2 {'met' if speed_b2 >= 2.5 else 'NOT met'}, "
-          f"lower loss than both {'met' if a['val_loss'] < min(b1['val_loss'], b2['val_loss']) else 'NOT met'}, "
-          f"within 0.1 of the best variant {'met' if a['val_loss'] - best <= 0.1 else 'NOT met'}", flush=True)
+        chosen = [line[2:].strip() for line in f if line.startswith(
+            ("- precision:", "- lr:", "- batch_size:", "- mlm_probability:", "- mask_rule:", "- max_seq_length:",
+             "- lr_schedule:", "- warmup_ratio:"))]
+    b1, b2 = results["b1 (Trainer, line by line)"], results["b2 (Trainer, 128-token groups)"]
+    print(f"(a) ran with {', '.join(chosen)}")
+    print(f"tokens/s: {a['tokens_per_second'] / b1['tokens_per_second']:.2f}x (b1), "
+          f"{a['tokens_per_second'] / b2['tokens_per_second']:.2f}x (b2); "
+          f"val loss: a {a['val_loss']:.3f} vs b1 {b1['val_loss']:.3f}, b2 {b2['val_loss']:.3f}", flush=True)
+    return results
+
+
+def print_table(table: dict, budgets: list[float]) -> None:
+    """One row a setting: steps and tokens/s at the first budget, then the loss at each budget, as the mean
+    over repeats and the spread (max - min)."""
+    head = "".join(f"{f'loss {s:g} s':>18}" for s in budgets)
+    print(f"\n{'setting':<44}{'steps':>7}{'tokens/s':>10}{head}")
+    for name, by_budget in table.items():
+        first = by_budget[budgets[0]]
+        steps = sum(r["steps"] for r in first) / len(first)
+        speed = sum(r["tokens_per_second"] for r in first) / len(first)
+        cells = ""
+        for s in budgets:
+            losses = [r["val_loss"] for r in by_budget[s]]
+            mean = sum(losses) / len(losses)
+            cells += f"{mean:>11.3f} ±{(max(losses) - min(losses)):>5.3f}" if len(losses) > 1 else f"{mean:>18.3f}"
+        print(f"{name[:43]:<44}{steps:>7.0f}{speed:>10,.0f}{cells}", flush=True)
+
+
+def time_to_quality(corpus: str, tokenizer: str, target: float, known: dict[float, float],
+                    args: argparse.Namespace, max_runs: int = 6) -> None:
+    """The smallest --max-time budget, found by bisection on budgets, at which (a) as a user runs it reaches
+    `target`. A budget is a whole run (its schedule is laid out over it), so each probe is a fresh run."""
+    def probe(seconds: float) -> float:
+        known[seconds] = run_project("ttq", corpus, tokenizer, seconds, args.seed, args, list(args.extra))["val_loss"]
+        print(f"  --max-time {seconds:g}: val loss {known[seconds]:.3f}", flush=True)
+        return known[seconds]
+
+    print(f"\n== time to quality: the smallest --max-time at which (a) reaches {target:.3f} ==")
+    for s in sorted(known):
+        print(f"  --max-time {s:g}: val loss {known[s]:.3f}")
+    runs = 0
+    while not any(loss <= target for loss in known.values()) and runs < max_runs:  # grow until it is reached
+        probe(2 * max(known) if known else 60)
+        runs += 1
+    reached = [s for s, loss in known.items() if loss <= target]
+    if not reached:
+        print(f"not reached within {max(known):g} s")
+        return
+    high = min(reached)
+    low = max([s for s, loss in known.items() if s < high and loss > target], default=0.0)
+    while runs < max_runs and (high - low) > max(5.0, 0.15 * high):
+        middle = round((low + high) / 2 if low else high / 2)
+        if probe(middle) <= target:
+            high = middle
+        else:
+            low = middle
+        runs += 1
+    ratio = args.reference_seconds / high
+    print(f"reached by --max-time {high:g} s" + (f", not by {low:g} s" if low else "") +
+          f": {ratio:.1f}x sooner than the Trainer's {args.reference_seconds:g} s (target 10x: "
+          f"{'met' if ratio >= 10 else 'NOT met'})", flush=True)
+
 
 if __name__ == "__main__":
     main()

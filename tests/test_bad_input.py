@@ -77,6 +77,7 @@ CASES = [
     ("training", {"--batch-size": "0"}, 2, "--batch-size must be at least 1"),
     ("training", {"--lr": "-0.001"}, 2, "--lr must be positive"),
     ("training", {"--mlm-probability": "1.5"}, 2, "--mlm-probability"),
+    ("training", {"--mlm-probability": "0"}, 2, "--mlm-probability must be in (0, 1), got 0.0"),
     ("training", {"--max-time": "soon"}, 2, "--max-time 'soon' is not a duration"),
     ("training", {"--seed": "-1"}, 2, "--seed must be between 0 and 4294967295"),
     ("training", {"--seed": str(2**32)}, 2, "--seed must be between 0 and 4294967295"),

@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pytest
@@ -48,6 +49,56 @@ def test_higher_masking_rate(tokenizer):
     batch = MaskedLMCollator(tokenizer, mlm_probability=0.3, seed=1)(seqs)
     real = sum(len(s) - 2 for s in seqs)
     assert abs((batch["labels"] != -100).sum().item() / real - 0.3) < 0.015
+
+
+def test_all_mask_rule_masks_every_chosen_token(tokenizer):
+    seqs = random_sequences(1000, len(tokenizer), np.random.default_rng(5))
+    batch = MaskedLMCollator(tokenizer, mlm_probability=0.4, seed=1, mask_rule="all-mask")(seqs)
+    chosen = batch["labels"] != -100
+    real = sum(len(s) - 2 for s in seqs)
+    assert abs(chosen.sum().item() / real - 0.4) < 0.015
+    assert (batch["input_ids"][chosen] == MASK).all(), "every chosen token becomes <mask>"
+    assert not (batch["input_ids"][~chosen] == MASK).any()
+    # the same draws choose the same positions under either rule: only the replacement differs
+    bert = MaskedLMCollator(tokenizer, mlm_probability=0.4, seed=1)(seqs)
+    assert torch.equal(bert["labels"], batch["labels"])
+
+
+def test_a_mask_rule_that_does_not_exist_is_refused_in_one_line():
+    from common import UsageError
+    from training.job import TrainingConfig, validate_config
+
+    with pytest.raises(UsageError, match="--mask-rule must be one of 80-10-10, all-mask, got 'random'"):
+        validate_config(TrainingConfig(job_dir="j", train_path="t", val_path="v", mask_rule="random"))
+
+
+def test_validation_masks_15_percent_whatever_training_masks(pipeline_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.data import MaskedLMDataModule
+
+    corpus, tokenizer = pipeline_run["corpus"], AutoTokenizer.from_pretrained(pipeline_run["tokenizer"])
+    tokenizer_file = os.path.join(pipeline_run["tokenizer"], "tokenizer.json")
+    rates = {}
+    for rate, rule in ((0.15, "80-10-10"), (0.4, "all-mask")):
+        data = MaskedLMDataModule(f"{corpus}/train", f"{corpus}/validation", tokenizer, tokenizer_file,
+                                  str(tmp_path / "cache"), mlm_probability=rate, mask_rule=rule, max_val_sentences=0)
+        data.prepare_data()
+        data.setup("fit")
+        val = [data.val_set[i] for i in range(len(data.val_set))]
+        rates[rate] = [item[1] for item in val], [item[0] for item in val]
+        blocks = [data.train_set[i] for i in range(64)]
+        trained = (data.train_collator(blocks)["labels"] != -100).sum().item()
+        body = sum(int((~torch.isin(b, torch.tensor(tokenizer.all_special_ids))).sum()) for b in blocks)
+        assert abs(trained / body - rate) < 0.02  # training follows --mlm-probability
+    # the same validation sentences, with the very same masks, whatever the training rate and rule
+    assert all(torch.equal(a, b) for a, b in zip(rates[0.15][0], rates[0.4][0]))
+    assert all(torch.equal(a, b) for a, b in zip(rates[0.15][1], rates[0.4][1]))
+    labelled = sum(int((labels != -100).sum()) for labels in rates[0.4][0])
+    body = sum(len(labels) - 2 for labels in rates[0.4][0])
+    assert abs(labelled / body - 0.15) < 0.02
+    inputs = torch.cat(rates[0.4][1])[torch.cat(rates[0.4][0]) != -100]
+    assert 0.7 < (inputs == MASK).float().mean().item() < 0.9  # validation keeps the 80/10/10 rule
 
 
 def split_of(seqs) -> TokenizedSplit:

@@ -287,6 +287,9 @@ def mask_key(*parts: int) -> int:
 
 
 TRAIN_MASKS, VALIDATION_MASKS = 1, 2  # mask_key streams: training never reuses a validation mask
+# Validation masks 15% by BERT's rule whatever training does, so runs with other masking stay comparable.
+VALIDATION_MLM_PROBABILITY = 0.15
+MASK_RULES = ("80-10-10", "all-mask")
 
 
 class MaskedLMCollator:
@@ -294,7 +297,8 @@ class MaskedLMCollator:
 
     The rule (BERT's, as `transformers`' DataCollatorForLanguageModeling applies it): `mlm_probability`
     of the non-special tokens are chosen; of those 80% become <mask>, 10% a random token, 10% stay;
-    labels are -100 everywhere else. The library draws one batch from one generator, so its masks
+    labels are -100 everywhere else. With `mask_rule="all-mask"` every chosen token becomes <mask>
+    (Wettig et al. 2023 found it as good as 80/10/10). The library draws one batch from one generator, so its masks
     depend on which sequences share a batch, on the worker and on the generator's history; here each
     sequence's draws come from a generator seeded by its key (seed, epoch, sample index), so a resumed
     run, any number of workers and any number of ranks mask every sample exactly alike, with no random
@@ -305,8 +309,9 @@ class MaskedLMCollator:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int = 0,
-                 packed: bool = False) -> None:
+                 packed: bool = False, mask_rule: str = "80-10-10") -> None:
         self.mlm_probability, self.seed, self.packed, self.calls = mlm_probability, seed, packed, 0
+        self.mask_share = 1.0 if mask_rule == "all-mask" else 0.8
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.eos_id, self.pad_id, self.mask_id = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
@@ -318,7 +323,7 @@ class MaskedLMCollator:
             draws[:, row, :length] = torch.rand(4, length, generator=torch.Generator().manual_seed(key))
         chosen = (draws[0] < self.mlm_probability) & ~torch.isin(input_ids, self.special_ids)
         labels = torch.where(chosen, input_ids, -100)
-        to_mask = chosen & (draws[1] < 0.8)
+        to_mask = chosen & (draws[1] < self.mask_share)
         to_random = chosen & ~to_mask & (draws[2] < 0.5)
         random_ids = (draws[3] * self.vocab_size).long().clamp_(max=self.vocab_size - 1)
         masked = torch.where(to_mask, self.mask_id, torch.where(to_random, random_ids, input_ids))
@@ -472,7 +477,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self, train_path: str, val_path: str, tokenizer: PreTrainedTokenizerBase, tokenizer_file: str,
         cache_dir: str, max_seq_length: int = 128, batch_size: int = 32, mlm_probability: float = 0.15,
         packing: bool = True, num_workers: int = 0, seed: int = 42, attend_across_sentences: bool = False,
-        pin_memory: bool = False, max_val_sentences: int = 10_000, progress: bool = False,
+        pin_memory: bool = False, max_val_sentences: int = 10_000, progress: bool = False, mask_rule: str = "80-10-10",
     ) -> None:
         super().__init__()
         self.train_files = text_files(train_path, "--path-to-train-set")
@@ -482,7 +487,7 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.tokenizer, self.tokenizer_file, self.cache_dir = tokenizer, tokenizer_file, cache_dir
         self.max_seq_length, self.batch_size, self.mlm_probability = max_seq_length, batch_size, mlm_probability
         self.packing, self.num_workers, self.seed, self.pin_memory = packing, num_workers, seed, pin_memory
-        self.max_val_sentences, self.progress = max_val_sentences, progress
+        self.max_val_sentences, self.progress, self.mask_rule = max_val_sentences, progress, mask_rule
         self.attend_across_sentences = attend_across_sentences
         self.resume_state: dict[str, int] = {}  # restored from a checkpoint (see state_dict)
         self.prepare_data_per_node = False  # global rank 0 tokenises: the job directory is shared by all nodes
@@ -508,13 +513,13 @@ class MaskedLMDataModule(pl.LightningDataModule):
             PackedBlocks(train, self.max_seq_length, bos) if self.packing
             else Sentences(train, self.max_seq_length, bos, eos)
         )
-        val_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability)
+        val_collator = MaskedLMCollator(self.tokenizer, VALIDATION_MLM_PROBABILITY)
         self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
                                          self.max_val_sentences)
         self.val_sentences = len(val)
         log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
                  self.seed)
-        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability,
+        self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, mask_rule=self.mask_rule,
                                                packed=self.packing and not self.attend_across_sentences)
 
     def _rank(self) -> tuple[int, int]:

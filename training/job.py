@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from common import Interrupted, UsageError
-from training.data import MaskedLMDataModule, file_sha256, files_fingerprint
+from training.data import MASK_RULES, MaskedLMDataModule, file_sha256, files_fingerprint
 from training.export import export_model
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MAX_POSITIONS, MODEL_SIZES, MaskedLMModule, perplexity
@@ -53,6 +53,7 @@ class TrainingConfig:
     batch_size: int = 32
     max_seq_length: int = 128
     mlm_probability: float = 0.15
+    mask_rule: str = "80-10-10"
     packing: bool = True
     attend_across_sentences: bool = False
     lr: float = 5e-4
@@ -98,6 +99,7 @@ def validate_config(cfg: TrainingConfig) -> None:
          f"--accumulate-grad-batches must be at least 1, got {cfg.accumulate_grad_batches}"),
         (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
+        (cfg.mask_rule in MASK_RULES, f"--mask-rule must be one of {', '.join(MASK_RULES)}, got {cfg.mask_rule!r}"),
         (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
          f"--max-seq-length must be between 8 and {MAX_POSITIONS - 2} (the model's position embeddings), "
          f"got {cfg.max_seq_length}"),
@@ -311,7 +313,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,
         cache_dir=cfg.cache_dir or os.path.join(cfg.job_dir, "cache"), max_seq_length=cfg.max_seq_length,
-        batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, packing=cfg.packing,
+        batch_size=cfg.batch_size, mlm_probability=cfg.mlm_probability, mask_rule=cfg.mask_rule, packing=cfg.packing,
         attend_across_sentences=cfg.attend_across_sentences,
         num_workers=plan.num_workers, pin_memory=plan.pin_memory, seed=cfg.seed,
         max_val_sentences=cfg.max_val_sentences, progress=cfg.progress,
@@ -386,7 +388,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
             log_token_embeddings(module.model, tokenizer, datamodule.train_split, cfg.log_embeddings,
                                  trainer.logger.experiment, trainer.global_step)
         training = {k: getattr(cfg, k) for k in ("batch_size", "accumulate_grad_batches", "max_seq_length", "packing",
-                                                 "attend_across_sentences", "mlm_probability", "lr", "lr_schedule",
+                                                 "attend_across_sentences", "mlm_probability", "mask_rule", "lr", "lr_schedule",
                                                  "warmup_steps", "decay_ratio", "weight_decay", "dropout", "seed")}
         training.update(max_steps=max_steps, max_time=cfg.max_time, warmup_ratio=None if cfg.warmup_steps is not None
                         else warmup_ratio(cfg), effective_batch_size=effective_batch)

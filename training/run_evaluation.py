@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-val-sentences", type=int, default=10_000,
                    help="score this many sentences, chosen by --seed as training does; 0 = all (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="training's --seed: picks the sample and masks (default: %(default)s)")
-    p.add_argument("--mlm-probability", type=float, default=0.15, help="training's masking rate (default: %(default)s)")
+    p.add_argument("--mlm-probability", type=float, default=0.15, help="share of tokens masked for scoring; training validates at 0.15 whatever its own "
+                        "--mlm-probability, so keep 0.15 to compare with it (default: %(default)s)")
     p.add_argument("--max-seq-length", type=int, default=128, help="training's sequence length (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128,
                    help="sequences per forward pass; the result does not depend on it (default: %(default)s)")

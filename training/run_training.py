@@ -15,6 +15,7 @@ import logging
 import sys
 
 from common import run_main
+from training.data import MASK_RULES
 from training.job import DEFAULT_MAX_STEPS, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO, TrainingConfig, train
 from training.model import MODEL_SIZES
 from training.schedule import SCHEDULES, WARMUP_CAP
@@ -67,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "files whose consecutive lines belong together; step 1's lines are independent, so by default "
                         "each sentence attends only to itself")
     t.add_argument("--mlm-probability", type=float, default=0.15,
-                   help="share of tokens masked; 0.3 as in MosaicBERT/ModernBERT also works (default: %(default)s)")
+                   help="share of tokens masked in training; validation always masks 15%%, so runs with other rates "
+                        "compare (default: %(default)s)")
+    t.add_argument("--mask-rule", choices=MASK_RULES, default="80-10-10",
+                   help="what a chosen token becomes in training: 80-10-10 = <mask> 80%%, a random token 10%%, itself "
+                        "10%% (BERT, RoBERTa); all-mask = always <mask>; validation uses 80-10-10 (default: %(default)s)")
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay, not applied to biases and LayerNorm (default: %(default)s)")
