@@ -31,10 +31,12 @@ demo: install
 	$(PY) training/run_fill_mask.py --model-dir $(DEMO_DIR)/job/model --top-k 5 \
 		"Little Sprout Organic Cotton Swaddle <mask>" "Moonbeam Anti-Colic <mask>, 9 oz"
 
-# Redraw the README's pictures: the schema, and the learning curves of the last `make demo`.
+# Redraw the README's pictures: the schema, and from the last `make demo` its learning curves and what
+# TensorBoard shows of it (a headless Chromium: apt install chromium).
 images: install
 	$(PY) images/draw_schema.py
 	$(PY) training/plot_learning_curves.py --job-dir $(DEMO_DIR)/job --output images/learning_curves.png
+	$(PY) images/screenshot_tensorboard.py --logdir $(DEMO_DIR)/job/tensorboard
 
 test: install
 	$(PY) -m pytest
