@@ -50,7 +50,7 @@ def bare_encode(train_dir: str, tokenizer_file: str) -> float:
     """Seconds for the bare tokenizers call over the split (the reference of the cache build)."""
     from tokenizers import Tokenizer
 
-    from training.data import ENCODE_CHUNK_BYTES, read_line_chunks, text_files
+    from training.token_cache import ENCODE_CHUNK_BYTES, read_line_chunks, text_files
 
     tokenizer = Tokenizer.from_file(tokenizer_file)
     started = time.perf_counter()
@@ -60,7 +60,7 @@ def bare_encode(train_dir: str, tokenizer_file: str) -> float:
 
 
 def cache_build(train_dir: str, tokenizer_file: str, cache_dir: str) -> float:
-    from training.data import encode_split, text_files
+    from training.token_cache import encode_split, text_files
 
     started = time.perf_counter()
     encode_split(text_files(train_dir, "train"), tokenizer_file, cache_dir, 2)

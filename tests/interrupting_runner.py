@@ -14,9 +14,10 @@ import sys
 
 from common import run_main
 from training import job, trainer_setup
-from training.data import KeyedSamples, MaskedLMDataModule
+from training.data_module import MaskedLMDataModule
 from training.model import MaskedLMModule
 from training.run_training import main
+from training.sequences import KeyedSamples
 
 env = os.environ
 if env.get("KILL_AT_STEP"):

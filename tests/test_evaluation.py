@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import TINY_MODEL, run_in_process, run_script
 from training import run_evaluation
-from training.data import TrainingStream
+from training.sampler import TrainingStream
 
 
 def count_lines(directory) -> int:

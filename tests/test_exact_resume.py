@@ -10,7 +10,8 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import REPO, TINY_MODEL, scalars
-from training.data import PackedBlocks, encode_split, text_files
+from training.sequences import PackedBlocks
+from training.token_cache import encode_split, text_files
 
 def job_args(pipeline_run, job, *extra):
     corpus = pipeline_run["corpus"]

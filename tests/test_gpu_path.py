@@ -49,7 +49,7 @@ def test_peak_flops_are_the_dense_figures_of_each_hopper_chip():
 
 
 def test_mfu_counts_the_masking_rate_measured(tokenizer):
-    from training.data import MaskedLMCollator
+    from training.masking import MaskedLMCollator
     from training.model import build_config, flops_per_token
 
     seqs = [torch.tensor([0, *range(10, 136), 2]) for _ in range(64)]

@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import RobertaForMaskedLM
 
-from training.data import FixedMaskedSample, MaskedLMCollator, PackedBlocks, TokenizedSplit, pad_masked
+from training.masking import MaskedLMCollator, pad_masked
 from training.model import MaskedLMModule, build_config, masked_lm_loss, perplexity
+from training.sequences import FixedMaskedSample, PackedBlocks
+from training.token_cache import TokenizedSplit
 
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
 
@@ -66,7 +68,7 @@ def test_all_mask_rule_masks_every_chosen_token(tokenizer):
 
 def test_a_mask_rule_that_does_not_exist_is_refused_in_one_line():
     from common import UsageError
-    from training.job import TrainingConfig, validate_config
+    from training.config import TrainingConfig, validate_config
 
     with pytest.raises(UsageError, match="--mask-rule must be one of 80-10-10, all-mask, got 'random'"):
         validate_config(TrainingConfig(job_dir="j", train_path="t", val_path="v", mask_rule="random"))
@@ -75,7 +77,7 @@ def test_a_mask_rule_that_does_not_exist_is_refused_in_one_line():
 def test_validation_masks_15_percent_whatever_training_masks(pipeline_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from training.data import MaskedLMDataModule
+    from training.data_module import MaskedLMDataModule
 
     corpus, tokenizer = pipeline_run["corpus"], AutoTokenizer.from_pretrained(pipeline_run["tokenizer"])
     tokenizer_file = os.path.join(pipeline_run["tokenizer"], "tokenizer.json")
@@ -148,7 +150,7 @@ def test_validation_sample_and_masks_are_fixed_by_seed_and_sentence(tokenizer):
 
 
 def test_training_masks_are_keyed_by_seed_epoch_and_sample_not_by_batch(tokenizer):
-    from training.data import KeyedSamples
+    from training.sequences import KeyedSamples
 
     seqs = random_sequences(64, len(tokenizer), np.random.default_rng(3))
     keyed = lambda seed, data=seqs: KeyedSamples(data, seed)
@@ -172,7 +174,7 @@ def test_training_masks_are_keyed_by_seed_epoch_and_sample_not_by_batch(tokenize
 
 
 def test_sentences_are_cut_to_the_sequence_length():
-    from training.data import Sentences
+    from training.sequences import Sentences
 
     seqs = [torch.tensor([BOS, *range(10, 10 + n), EOS]) for n in (3, 6, 7, 30)]
     items = Sentences(split_of(seqs), 8, BOS, EOS)

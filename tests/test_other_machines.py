@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from training import devices, model as model_module
-from training.data import (KeyedSamples, MaskedLMCollator, PackedBlocks, Sentences, TokenizedSplit, encode_split,
-                           pad_masked)
+from training.masking import MaskedLMCollator, pad_masked
+from training.sequences import KeyedSamples, PackedBlocks, Sentences
+from training.token_cache import TokenizedSplit, encode_split
 
 
 class NoFloat64(TorchDispatchMode):

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, TINY_MODEL, run_in_process, run_script, scalars
-from training.data import TrainingStream
+from training.sampler import TrainingStream
 
 
 def take(stream, n):
@@ -108,7 +108,7 @@ def test_length_grouping_is_the_stable_sort_by_run_then_longest_first():
     --no-packing run would take other sentences than the one it continues."""
     import numpy as np
 
-    from training.data import group_by_length
+    from training.sampler import group_by_length
 
     for n, batch in ((1, 4), (799, 16), (800, 16), (5_000, 7), (70_001, 32)):
         rng = np.random.default_rng(n)

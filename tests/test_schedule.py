@@ -11,8 +11,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from conftest import run_script, scalars
 from test_reliability import start_training, train_args, wait_for
-from training.data import MaskedLMCollator
-from training.job import TrainingConfig, step_budget
+from training.config import TrainingConfig, step_budget
+from training.masking import MaskedLMCollator
 from training.model import MaskedLMModule, masked_lm_loss
 from training.schedule import WARMUP_CAP, Schedule
 

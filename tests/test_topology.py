@@ -11,8 +11,9 @@ import pytest
 from common import UsageError
 from conftest import scalars
 from test_exact_resume import final_state, job_args, run
-from training.data import files_fingerprint, text_files
-from training.job import TrainingConfig, prepare_job_dir
+from training.config import TrainingConfig
+from training.job_dir import prepare_job_dir
+from training.token_cache import files_fingerprint, text_files
 
 
 def trained_samples(log_dir, per_process: int) -> collections.Counter:

@@ -9,8 +9,9 @@ from transformers import RobertaForMaskedLM
 from conftest import TINY_MODEL
 from tokenizer.fitting import fit_tokenizer, save_tokenizer
 from training import devices
-from training.data import MaskedLMCollator, encode_split, sentence_segments
+from training.masking import MaskedLMCollator, sentence_segments
 from training.model import build_config, masked_lm_loss, sentence_attention_mask
+from training.token_cache import encode_split
 
 BOS, PAD, EOS = 0, 1, 2
 

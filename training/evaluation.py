@@ -4,8 +4,10 @@ import contextlib
 import torch
 from transformers import PreTrainedTokenizerBase, RobertaForMaskedLM
 
-from training.data import FixedMaskedSample, MaskedLMCollator, encode_split, pad_masked, text_files
+from training.masking import MaskedLMCollator, pad_masked
 from training.model import masked_lm_loss, perplexity
+from training.sequences import FixedMaskedSample
+from training.token_cache import encode_split, text_files
 
 
 def validation_sample(val_path: str, tokenizer: PreTrainedTokenizerBase, tokenizer_file: str, cache_dir: str,

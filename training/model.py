@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import RobertaConfig, RobertaForMaskedLM
 
 from common import PipelineError
-from training.data import mask_key
+from training.masking import mask_key
 from training.devices import accumulator_dtype, default_attention
 from training.schedule import Schedule
 

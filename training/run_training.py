@@ -15,8 +15,9 @@ import logging
 import sys
 
 from common import run_main
-from training.data import MASK_RULES
-from training.job import DEFAULT_MAX_STEPS, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO, TrainingConfig, train
+from training.config import DEFAULT_MAX_STEPS, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO, TrainingConfig
+from training.job import train
+from training.masking import MASK_RULES
 from training.model import MODEL_SIZES
 from training.schedule import SCHEDULES, WARMUP_CAP
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
                    help="after warmup: linear or cosine decay to 0 at the end of the budget, wsd (warmup, stable, "
                         "then linear decay over the last --decay-ratio), or constant (default: %(default)s, the best "
-                        "at 150 s and 600 s in the README's measurements)")
+                        "at 150 s and 600 s in docs/design.md's measurements)")
     t.add_argument("--warmup-ratio", type=float,
                    help=f"share of the budget (--max-steps or --max-time) with linear warmup (default: {DEFAULT_WARMUP_RATIO})")
     t.add_argument("--warmup-steps", type=int,

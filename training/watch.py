@@ -6,7 +6,8 @@ from pytorch_lightning.callbacks import Callback
 from transformers import PreTrainedTokenizerBase
 
 from common import UsageError
-from training.data import TokenizedSplit, pad_rows
+from training.masking import pad_rows
+from training.token_cache import TokenizedSplit
 
 FILL_MASK_TAG = "fill_mask/samples"
 

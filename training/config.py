@@ -1,0 +1,149 @@
+"""Step 3's settings: TrainingConfig, its defaults and checks, and what must match for a run to be resumed."""
+import re
+from dataclasses import dataclass
+
+import torch
+
+from common import UsageError
+from training.masking import MASK_RULES
+from training.model import MAX_POSITIONS, MODEL_SIZES
+from training.schedule import SCHEDULES
+
+DEFAULT_MAX_STEPS = 1000
+DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see docs/design.md's schedule table
+# What must match for a checkpoint to be resumed into the current run.
+RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing", "seed",
+                "vocab_size", "tokenizer_sha256", "train_data")
+
+
+@dataclass
+class TrainingConfig:
+    job_dir: str
+    train_path: str
+    val_path: str
+    tokenizer_path: str | None = None  # default: data/tokenizer, or the --init-from model's own tokenizer
+    init_from: str | None = None
+    language: str | None = None  # for the model card: ISO 639-1 codes, comma-separated
+    model_size: str = "base"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    dropout: float = 0.0
+    attention: str = "auto"
+    max_steps: int | None = None  # None: DEFAULT_MAX_STEPS, or no limit when max_time is given
+    max_time: str | None = None
+    batch_size: int = 32
+    max_seq_length: int = 128
+    mlm_probability: float = 0.15
+    mask_rule: str = "80-10-10"
+    packing: bool = True
+    attend_across_sentences: bool = False
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    lr_schedule: str = DEFAULT_SCHEDULE
+    warmup_ratio: float | None = None  # None: DEFAULT_WARMUP_RATIO unless warmup_steps is given
+    warmup_steps: int | None = None
+    decay_ratio: float = 0.2
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0
+    max_bad_steps: int = 10
+    seed: int = 42
+    validate_every_n_steps: int = 500
+    max_val_sentences: int = 10_000
+    fill_mask_samples: int = 8
+    watch_texts: str | None = None
+    log_embeddings: int = 0
+    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 10
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    num_workers: int | None = None
+    compile: bool = False
+    peak_tflops: float | None = None
+    cache_dir: str | None = None
+    resume: bool | None = None  # None: resume when JOB/checkpoints/last.ckpt exists
+    progress: bool = True
+
+
+def validate_config(cfg: TrainingConfig) -> None:
+    checks = [
+        (cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
+        (cfg.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}"),
+        (cfg.warmup_steps is None or cfg.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {cfg.warmup_steps}"),
+        (cfg.warmup_steps is None or cfg.warmup_ratio is None, "give --warmup-ratio or --warmup-steps, not both"),
+        (0 < cfg.decay_ratio <= 1, f"--decay-ratio must be in (0, 1], got {cfg.decay_ratio}"),
+        (cfg.accumulate_grad_batches >= 1,
+         f"--accumulate-grad-batches must be at least 1, got {cfg.accumulate_grad_batches}"),
+        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
+        (cfg.mask_rule in MASK_RULES, f"--mask-rule must be one of {', '.join(MASK_RULES)}, got {cfg.mask_rule!r}"),
+        (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
+         f"--max-seq-length must be between 8 and {MAX_POSITIONS - 2} (the model's position embeddings), "
+         f"got {cfg.max_seq_length}"),
+        (cfg.validate_every_n_steps >= 1 and cfg.checkpoint_every_n_steps >= 1,
+         "--validate-every-n-steps and --checkpoint-every-n-steps must be at least 1"),
+        (cfg.max_bad_steps >= 1, f"--max-bad-steps must be at least 1, got {cfg.max_bad_steps}"),
+        (0 <= cfg.seed < 2**32, f"--seed must be between 0 and {2**32 - 1} (what numpy accepts), got {cfg.seed}"),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
+        (cfg.warmup_ratio is None or 0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}"),
+        (cfg.num_workers is None or cfg.num_workers >= 0, f"--num-workers must be at least 0, got {cfg.num_workers}"),
+        (cfg.max_val_sentences >= 0, f"--max-val-sentences must be 0 (all) or more, got {cfg.max_val_sentences}"),
+        (cfg.language is None or all(re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?", c) for c in cfg.language.split(",")),
+         f"--language {cfg.language!r} is not a list of language codes; pass ISO 639-1 codes such as en or en,de"),
+        (cfg.fill_mask_samples >= 0 and cfg.log_embeddings >= 0,
+         "--fill-mask-samples and --log-embeddings must be 0 (off) or more"),
+        (cfg.peak_tflops is None or cfg.peak_tflops > 0, f"--peak-tflops must be positive, got {cfg.peak_tflops}"),
+        (all(v is None or v >= 1 for v in (cfg.hidden_size, cfg.num_layers, cfg.num_heads)),
+         "--hidden-size, --num-layers and --num-heads must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    parse_max_time(cfg.max_time)
+    hidden = cfg.hidden_size or MODEL_SIZES[cfg.model_size][0]
+    heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
+    if hidden % heads:
+        raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+
+
+def step_budget(cfg: TrainingConfig) -> int | None:
+    """--max-steps as given; if not: no limit under --max-time (the clock ends the run), else 1000."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return None if cfg.max_time else DEFAULT_MAX_STEPS
+
+
+def warmup_ratio(cfg: TrainingConfig) -> float:
+    return cfg.warmup_ratio if cfg.warmup_ratio is not None else DEFAULT_WARMUP_RATIO
+
+
+def local_processes(devices: str | int) -> int:
+    """Training processes on this machine for --devices (a count, a list such as "0,1", or auto)."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return max(torch.cuda.device_count(), 1)
+    if "," in text or text.startswith("["):
+        return len([d for d in text.strip("[]").split(",") if d.strip()])
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def parse_max_time(value: str | None) -> float | None:
+    """--max-time in seconds, given as seconds ("5400") or Lightning's DD:HH:MM:SS ("00:01:30:00")."""
+    if value is None:
+        return None
+    try:
+        if ":" not in value:
+            seconds = float(value)
+        else:
+            days, hours, minutes, secs = (float(x) for x in value.split(":"))
+            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise UsageError(f"--max-time {value!r} is not a duration; give seconds (5400) or DD:HH:MM:SS (00:01:30:00)")
+    return seconds

@@ -1,0 +1,60 @@
+"""The job directory: create it, archive an earlier run, find the checkpoint to resume, refuse a different run's."""
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+from common import UsageError
+from training.config import RUN_IDENTITY, TrainingConfig
+
+log = logging.getLogger("training")
+
+
+def resume_checkpoint(cfg: TrainingConfig) -> str | None:
+    """JOB/checkpoints/last.ckpt when this run resumes from it; only reads the job directory."""
+    last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
+    if cfg.resume is False or not os.path.isfile(last):
+        return None
+    return last
+
+
+def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
+    """Create the job directory (global rank 0 only); return the checkpoint to resume from, if any."""
+    try:
+        os.makedirs(cfg.job_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=cfg.job_dir).close()  # a unique probe: processes never collide
+    except OSError as e:
+        raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
+    last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
+    run_file = os.path.join(cfg.job_dir, "run_config.json")
+    previous = None
+    if os.path.isfile(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+    if cfg.resume is False and (os.path.exists(last) or previous):
+        archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
+        for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
+            if os.path.exists(os.path.join(cfg.job_dir, name)):
+                shutil.move(os.path.join(cfg.job_dir, name), archive)
+        log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
+        previous = None
+    resume_from = resume_checkpoint(cfg)
+    if cfg.resume and resume_from is None:
+        raise UsageError(f"--resume given but {last!r} does not exist; drop --resume to start a new run")
+    if previous:
+        changed = [k for k in RUN_IDENTITY if k in previous.get("identity", {})
+                   and previous["identity"][k] != identity.get(k)]
+        if changed:
+            raise UsageError(
+                f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
+                "use another --job-dir, or --no-resume to archive that run and start over"
+            )
+    with open(run_file, "w") as f:
+        json.dump({"identity": identity, "config": asdict(cfg)}, f, indent=2)
+    if resume_from:
+        log.warning("resuming from %s", resume_from)
+    return resume_from
