@@ -24,7 +24,7 @@ demo: install
 	rm -rf $(DEMO_DIR)/job
 	$(PY) training/run_training.py --job-dir $(DEMO_DIR)/job --path-to-train-set $(DEMO_DIR)/corpus/train \
 		--path-to-val-set $(DEMO_DIR)/corpus/validation --path-to-tokenizer $(DEMO_DIR)/tokenizer \
-		--model-size tiny --no-packing --max-steps $(DEMO_STEPS) --validate-every-n-steps 250 \
+		--model-size tiny --no-packing --batch-size 32 --max-steps $(DEMO_STEPS) --validate-every-n-steps 250 \
 		--checkpoint-every-n-steps 500 \
 		--lr 1e-3 --accelerator cpu
 	$(PY) training/plot_learning_curves.py --job-dir $(DEMO_DIR)/job

@@ -1,13 +1,22 @@
 """What the three steps share: their error types, the runner that turns those into one line and an exit
 code, and atomic publishing of a finished output directory."""
+import argparse
 import os
 import shutil
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 class UsageError(Exception):
     """The command line or its inputs are wrong (exit code 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as the project reports bad input: one line, exit code 2 (through
+    run_main), instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 class PipelineError(Exception):

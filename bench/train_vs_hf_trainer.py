@@ -1,22 +1,24 @@
-"""Benchmark step 3 against the Hugging Face Trainer recipe (run_mlm.py) for the same training-time budget.
+"""Benchmark step 3 against the Hugging Face Trainer recipe (run_mlm.py): quality for the same training
+time, and time to the Trainer's quality.
 
-    python bench/train_vs_hf_trainer.py                       # generated corpus, 150 s and 600 s
-    python bench/train_vs_hf_trainer.py --seconds 150 --try "--lr-schedule wsd" "--lr-schedule cosine"
-    python bench/train_vs_hf_trainer.py --corpus-dir data/corpus --tokenizer data/tokenizer --seconds 600
+    python bench/train_vs_hf_trainer.py                       # generated corpus, 60, 150 and 600 s
+    python bench/train_vs_hf_trainer.py --corpus-dir data/corpus --tokenizer data/tokenizer   # your text
+    python bench/train_vs_hf_trainer.py --skip-trainer --seconds 150 --repeats 2 --try "--mlm-probability 0.3"
 
-Same corpus, tokenizer, model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), batch size
-(32 sequences) and peak learning rate, each run in a fresh process for the same seconds of training:
-  (a)  this project as a user with a time budget runs it: `--max-time SECONDS` and nothing else that
-       shapes training (the schedule, warmup, precision, attention, packing are its defaults)
+Same corpus, tokenizer and model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), each run in a
+fresh process for the same seconds of training:
+  (a)  this project as a user with a time budget runs it: `--model-size tiny --max-time SECONDS` and
+       nothing else that shapes training (batch, rate, masking, schedule, precision are its defaults)
   (b1) transformers.Trainer + DataCollatorForLanguageModeling, line by line with dynamic padding
-       (run_mlm.py --line_by_line, and the 2021 demo), with the RoBERTa config's defaults, 30 warmup
-       steps, then linear decay over a horizon far beyond the budget (the Trainer has no time budget)
+       (run_mlm.py --line_by_line, and the 2021 demo), batch 32, its tuned rate 5e-4, the RoBERTa config's
+       defaults, 30 warmup steps, then linear decay over a horizon far beyond the budget
   (b2) the same Trainer with run_mlm.py's default grouping into 128-token blocks
-  (a+) with --try: (a) again with each given set of extra flags, to compare against the defaults
-Extra arguments after `--` go to (a) only, to measure one change at a time (e.g. -- --dropout 0.1).
-Then every saved model is scored by one shared function on the same validation lines, one sentence per
-sequence, with the same masked positions (fixed seed). Prints non-pad tokens/s, loss and the ratios,
-for each budget.
+  (a+) with --try: (a) again with each given set of extra flags (a sweep), --repeats times with seeds
+       --seed, --seed+1, ...: the table gives each setting's mean loss and spread (max - min) per budget
+Every saved model is scored by one shared function on all validation lines, one sentence per sequence,
+15% masked by the 80/10/10 rule at fixed positions (seeded). Then the time to quality: the smallest
+--max-time at which (a) reaches (b1)'s loss at --reference-seconds (600), found by bisection over
+budgets (each a fresh run, since the schedule is laid out over the budget), and 600 / that time.
 """
 import argparse
 import json
@@ -141,10 +143,14 @@ def main() -> None:
                    help="(a) runs per setting and budget, seeds --seed, --seed+1...: the table gives the mean and the "
                         "spread (max - min) (default: %(default)s)")
     p.add_argument("--skip-trainer", action="store_true", help="only (a) and its --try variants (a sweep)")
+    p.add_argument("--recipes", nargs="+", choices=["b1", "b2"], default=["b1", "b2"],
+                   help="which Trainer recipes to run (default: both)")
     p.add_argument("--target-loss", type=float,
                    help="time to quality against this loss instead of the Trainer's (b1) at --reference-seconds")
     p.add_argument("--reference-seconds", type=float, default=600,
                    help="the (b1) budget whose loss (a) must reach, for the time to quality (default: %(default)s)")
+    p.add_argument("--max-probes", type=int, default=4,
+                   help="most extra (a) runs the time-to-quality search makes (default: %(default)s)")
     p.add_argument("--no-time-to-quality", dest="time_to_quality", action="store_false",
                    help="skip the search for the budget at which (a) reaches the target")
     p.add_argument("--batch-size", type=int, default=32, help="the Trainer's sequences per step (default: %(default)s)")
@@ -201,6 +207,8 @@ def compare_with_trainer(corpus: str, tokenizer: str, seconds: float, table: dic
     """(b1) and (b2) for this budget, printed against (a)'s first run; returns their results."""
     results = {}
     for kind, name in (("b1", "b1 (Trainer, line by line)"), ("b2", "b2 (Trainer, 128-token groups)")):
+        if kind not in args.recipes:
+            continue
         out = subprocess.run([sys.executable, __file__, "--hf", kind, "--corpus-dir", corpus, "--tokenizer", tokenizer,
                               "--seconds", str(seconds), "--batch-size", str(args.batch_size), "--lr",
                               str(args.lr), "--seed", str(args.seed), "--workdir", args.workdir],
@@ -215,11 +223,10 @@ def compare_with_trainer(corpus: str, tokenizer: str, seconds: float, table: dic
         chosen = [line[2:].strip() for line in f if line.startswith(
             ("- precision:", "- lr:", "- batch_size:", "- mlm_probability:", "- mask_rule:", "- max_seq_length:",
              "- lr_schedule:", "- warmup_ratio:"))]
-    b1, b2 = results["b1 (Trainer, line by line)"], results["b2 (Trainer, 128-token groups)"]
     print(f"(a) ran with {', '.join(chosen)}")
-    print(f"tokens/s: {a['tokens_per_second'] / b1['tokens_per_second']:.2f}x (b1), "
-          f"{a['tokens_per_second'] / b2['tokens_per_second']:.2f}x (b2); "
-          f"val loss: a {a['val_loss']:.3f} vs b1 {b1['val_loss']:.3f}, b2 {b2['val_loss']:.3f}", flush=True)
+    for name, r in results.items():
+        print(f"against {name}: tokens/s {a['tokens_per_second'] / r['tokens_per_second']:.2f}x, "
+              f"val loss {a['val_loss']:.3f} vs {r['val_loss']:.3f}", flush=True)
     return results
 
 
@@ -241,7 +248,7 @@ def print_table(table: dict, budgets: list[float]) -> None:
 
 
 def time_to_quality(corpus: str, tokenizer: str, target: float, known: dict[float, float],
-                    args: argparse.Namespace, max_runs: int = 6) -> None:
+                    args: argparse.Namespace) -> None:
     """The smallest --max-time budget, found by bisection on budgets, at which (a) as a user runs it reaches
     `target`. A budget is a whole run (its schedule is laid out over it), so each probe is a fresh run."""
     def probe(seconds: float) -> float:
@@ -249,16 +256,19 @@ def time_to_quality(corpus: str, tokenizer: str, target: float, known: dict[floa
         print(f"  --max-time {seconds:g}: val loss {known[seconds]:.3f}", flush=True)
         return known[seconds]
 
+    max_runs = args.max_probes
     print(f"\n== time to quality: the smallest --max-time at which (a) reaches {target:.3f} ==")
     for s in sorted(known):
         print(f"  --max-time {s:g}: val loss {known[s]:.3f}")
     runs = 0
-    while not any(loss <= target for loss in known.values()) and runs < max_runs:  # grow until it is reached
-        probe(2 * max(known) if known else 60)
+    while not any(loss <= target for loss in known.values()) and runs < max_runs \
+            and max(known, default=0) < args.reference_seconds:  # grow until reached, up to the Trainer's budget
+        probe(min(2 * max(known), args.reference_seconds) if known else 60)
         runs += 1
     reached = [s for s, loss in known.items() if loss <= target]
     if not reached:
-        print(f"not reached within {max(known):g} s")
+        print(f"not reached within {max(known):g} s: the Trainer's {args.reference_seconds:g}-s loss needs more "
+              f"than {args.reference_seconds:g} s here (ratio below 1x)", flush=True)
         return
     high = min(reached)
     low = max([s for s, loss in known.items() if s < high and loss > target], default=0.0)

@@ -12,14 +12,14 @@ import json
 import os
 import sys
 
-from common import run_main
+from common import ArgumentParser, run_main
 from corpus.pipeline import CorpusConfig, generate_corpus
 
 SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "amazon_reviews_us_sample.tsv.gz")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input (one of; default: the bundled synthetic sample)")
     src.add_argument("--data-files", nargs="+", metavar="PATH",
                      help="local files or globs: Amazon review .tsv/.tsv.gz, .csv, .json, .jsonl, .parquet or "

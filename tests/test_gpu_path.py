@@ -26,7 +26,7 @@ def test_the_device_plan_for_each_kind_of_device(monkeypatch):
     h100 = devices.plan_for_device("cuda", capability=(9, 0), log_every_n_steps=10)
     assert (h100.precision, h100.fused_adamw, h100.attention, h100.pin_memory, h100.tf32) == (
         "bf16-mixed", True, "sdpa", True, True)
-    assert h100.num_workers == 4 and h100.check_every_n_steps == 10
+    assert h100.num_workers == 4 and h100.check_every_n_steps == 10 and h100.batch_size == 32
     assert devices.plan_for_device("cuda", capability=(9, 0), processes_per_node=8).num_workers == 1
     v100 = devices.plan_for_device("cuda", capability=(7, 0))  # bf16 only emulated there
     assert (v100.precision, v100.fused_adamw, v100.tf32) == ("16-mixed", False, False)  # the scaler unscales first
@@ -36,6 +36,7 @@ def test_the_device_plan_for_each_kind_of_device(monkeypatch):
     cpu = devices.plan_for_device("cpu")
     assert (cpu.precision, cpu.fused_adamw, cpu.attention, cpu.num_workers, cpu.pin_memory, cpu.check_every_n_steps) == (
         "32-true", False, "eager", 0, False, 1)
+    assert cpu.batch_size == 8  # more steps for the same tokens where a batch's size does not change its speed
     assert devices.plan_for_device("cpu", "bf16-mixed", "sdpa", 3).num_workers == 3
 
 

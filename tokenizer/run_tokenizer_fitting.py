@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from common import UsageError, run_main
+from common import ArgumentParser, UsageError, run_main
 from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
                                plan_fit, save_tokenizer)
 from tokenizer.memory import available_memory, default_memory_budget, format_bytes, parse_memory_budget
@@ -23,7 +23,7 @@ REPORT = "tokenizer_report.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus-dir", default="data/corpus/train",
                    help="training split of step 1 (a directory of .txt shards, or one .txt file) (default: %(default)s)")
     p.add_argument("--validation-dir",

@@ -1,6 +1,6 @@
 """Step 3's settings: TrainingConfig, its defaults and checks, and what must match for a run to be resumed."""
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -11,6 +11,10 @@ from training.schedule import SCHEDULES
 
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see docs/design.md's schedule table
+# Peak learning rate when --lr is not given. tiny: 1e-3 reached a lower loss than 5e-4 within a time budget on
+# real titles; small and base keep 5e-4, since base at 1e-3 (batch 8) stayed on the unigram plateau with a
+# rising training loss over 220 steps (docs/benchmarks.md).
+DEFAULT_LR = {"tiny": 1e-3, "small": 5e-4, "base": 5e-4}
 # What must match for a checkpoint to be resumed into the current run.
 RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing", "seed",
                 "vocab_size", "tokenizer_sha256", "train_data")
@@ -32,13 +36,13 @@ class TrainingConfig:
     attention: str = "auto"
     max_steps: int | None = None  # None: DEFAULT_MAX_STEPS, or no limit when max_time is given
     max_time: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the device plan's (8 sequences on CPUs, 32 on GPUs)
     max_seq_length: int = 128
     mlm_probability: float = 0.15
     mask_rule: str = "80-10-10"
     packing: bool = True
     attend_across_sentences: bool = False
-    lr: float = 5e-4
+    lr: float | None = None  # None: DEFAULT_LR of the model size
     weight_decay: float = 0.01
     lr_schedule: str = DEFAULT_SCHEDULE
     warmup_ratio: float | None = None  # None: DEFAULT_WARMUP_RATIO unless warmup_steps is given
@@ -71,7 +75,7 @@ class TrainingConfig:
 def validate_config(cfg: TrainingConfig) -> None:
     checks = [
         (cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
-        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.batch_size is None or cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
         (cfg.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}"),
         (cfg.warmup_steps is None or cfg.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {cfg.warmup_steps}"),
@@ -79,7 +83,7 @@ def validate_config(cfg: TrainingConfig) -> None:
         (0 < cfg.decay_ratio <= 1, f"--decay-ratio must be in (0, 1], got {cfg.decay_ratio}"),
         (cfg.accumulate_grad_batches >= 1,
          f"--accumulate-grad-batches must be at least 1, got {cfg.accumulate_grad_batches}"),
-        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
         (cfg.mask_rule in MASK_RULES, f"--mask-rule must be one of {', '.join(MASK_RULES)}, got {cfg.mask_rule!r}"),
         (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
@@ -147,3 +151,9 @@ def parse_max_time(value: str | None) -> float | None:
     if seconds <= 0:
         raise UsageError(f"--max-time {value!r} is not a duration; give seconds (5400) or DD:HH:MM:SS (00:01:30:00)")
     return seconds
+
+
+def resolve_defaults(cfg: TrainingConfig, plan_batch_size: int) -> TrainingConfig:
+    """The config with --batch-size and --lr filled in where not given: the device plan's batch (8 sequences on
+    CPUs, 32 on GPUs) and the model size's rate."""
+    return replace(cfg, batch_size=cfg.batch_size or plan_batch_size, lr=cfg.lr or DEFAULT_LR[cfg.model_size])

@@ -35,6 +35,7 @@ class DevicePlan:
     pin_memory: bool
     tf32: bool  # TensorFloat-32 for float32 matrix products (Ampere and later)
     check_every_n_steps: int  # how often the host reads device-side counters (non-finite steps) back
+    batch_size: int = 32  # sequences per step when --batch-size is not given
 
 
 def cpu_has_bf16() -> bool:
@@ -89,9 +90,9 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
                     log_every_n_steps: int = 10) -> DevicePlan:
     """The plan for training on `device` ("cuda", "cpu" or "mps"); explicit choices are kept as given.
 
-    CUDA: bf16-mixed from Ampere on (compute capability 8.0; before it bf16 is emulated, so 16-mixed),
+    CUDA: batches of 32 sequences, bf16-mixed from Ampere on (compute capability 8.0; before it bf16 is emulated, so 16-mixed),
     fused AdamW unless a gradient scaler (16-mixed) must unscale first, SDPA, TF32, pinned memory and a
-    few workers to collate while the GPU computes. CPU: bf16 only where it measures faster, eager
+    few workers to collate while the GPU computes. CPU: batches of 8, bf16 only where it measures faster, eager
     attention (faster than SDPA's CPU kernels for 128-token sequences), no workers (they would take
     cores from the computation).
     """
@@ -99,8 +100,12 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
     if device != "cuda":
         if precision == "auto":
             precision = cpu_precision() if device == "cpu" else "32-true"
+        # A CPU computes a batch in about the same time per token whatever its size, so small batches give
+        # more optimizer steps for the same tokens: on real titles, 8 sequences a step reached a lower
+        # loss than 32 within a time budget (docs/benchmarks.md). GPUs need larger batches to be busy.
         return DevicePlan(device, precision, fused_adamw=False, attention=attention,
-                          num_workers=num_workers or 0, pin_memory=False, tf32=False, check_every_n_steps=1)
+                          num_workers=num_workers or 0, pin_memory=False, tf32=False, check_every_n_steps=1,
+                          batch_size=8 if device == "cpu" else 32)
     if capability is None:
         capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else (8, 0)
     ampere = capability >= (8, 0)

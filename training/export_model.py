@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from common import UsageError, run_main
+from common import ArgumentParser, UsageError, run_main
 from training.export import export_model
 from training.job import load_tokenizer
 from training.model import MaskedLMModule
@@ -61,7 +61,7 @@ def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | No
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by run_training.py")
     p.add_argument("--output-dir", required=True, help="directory to write (replaced only once complete)")
     p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the one the run used, from run_config.json)")

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from common import Interrupted, UsageError
-from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, step_budget,
-                             validate_config, warmup_ratio)
+from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, resolve_defaults,
+                             step_budget, validate_config, warmup_ratio)
 from training.data_module import MaskedLMDataModule
 from training.export import export_model
 from training.job_dir import prepare_job_dir, resume_checkpoint
@@ -124,6 +124,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
+    cfg = resolve_defaults(cfg, plan.batch_size)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
     datamodule = MaskedLMDataModule(
         cfg.train_path, cfg.val_path, tokenizer, tokenizer_file,

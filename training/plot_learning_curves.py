@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from common import PipelineError, UsageError, run_main
+from common import ArgumentParser, PipelineError, UsageError, run_main
 
 PANELS = [
     ("loss", ["train/loss", "val/loss"]),
@@ -136,7 +136,7 @@ def plot_runs(job_dirs: list[str], output: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job-dir", required=True, nargs="+",
                    help="the --job-dir of a training run; several to overlay their loss curves")
     p.add_argument("--output", help="PNG to write (default: JOB/learning_curves.png of the first job)")

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from common import UsageError, run_main
+from common import ArgumentParser, UsageError, run_main
 from training.devices import device_type, plan_for_device
 from training.evaluation import evaluate, validation_sample
 from training.export_model import load_checkpoint_with_tokenizer
@@ -20,7 +20,7 @@ from training.job import load_pretrained, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="an exported JOB/model, or a local Hugging Face RoBERTa-style masked LM")
     source.add_argument("--checkpoint", help="a training checkpoint (.ckpt)")

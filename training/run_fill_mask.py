@@ -9,12 +9,12 @@ import os
 import sys
 import tempfile
 
-from common import UsageError, run_main
+from common import ArgumentParser, UsageError, run_main
 from training.fill_mask import fill_mask, load_fill_mask
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", help="texts with one <mask> each; '-' reads one text per line from stdin")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="exported model directory (JOB/model)")

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from common import UsageError, run_main
+from common import ArgumentParser, UsageError, run_main
 from corpus.run_corpus_generation import SAMPLE_FILE
 from corpus.sources import expand_data_files
 from training.probe import load_labelled, run_probe
@@ -22,7 +22,7 @@ CARD_HEADING = "## Downstream probe"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="exported model directory (JOB/model)")
     p.add_argument("--data-files", nargs="+", metavar="PATH",
                    help="labelled table(s), same formats as step 1 (default: the bundled sample)")

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from common import run_main
+from common import ArgumentParser, run_main
 from training.config import DEFAULT_MAX_STEPS, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO, TrainingConfig
 from training.job import train
 from training.masking import MASK_RULES
@@ -23,7 +23,7 @@ from training.schedule import SCHEDULES, WARMUP_CAP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--job-dir", required=True, help="where checkpoints, TensorBoard logs, the model and metrics go")
     io.add_argument("--path-to-train-set", default="data/corpus/train",
@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training-time budget, seconds or DD:HH:MM:SS: the learning-rate schedule is laid out over it "
                         "(with --max-steps too, over whichever ends first) and the run stops cleanly when it is spent, "
                         "then validates and exports; start-up and validations are not counted; kept across resumes")
-    t.add_argument("--batch-size", type=int, default=32, help="sequences per device and step (default: %(default)s)")
+    t.add_argument("--batch-size", type=int,
+                   help="sequences per device and step (default: 8 on CPUs, where small batches give more steps for "
+                        "the same tokens, 32 on GPUs)")
     t.add_argument("--max-seq-length", type=int, default=128,
                    help="tokens per sequence, <s> and </s> included, at most 512 (default: %(default)s)")
     t.add_argument("--no-packing", dest="packing", action="store_false",
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mask-rule", choices=MASK_RULES, default="80-10-10",
                    help="what a chosen token becomes in training: 80-10-10 = <mask> 80%%, a random token 10%%, itself "
                         "10%% (BERT, RoBERTa); all-mask = always <mask>; validation uses 80-10-10 (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: %(default)s)")
+    t.add_argument("--lr", type=float,
+                   help="peak learning rate of AdamW (default: 1e-3 for --model-size tiny, 5e-4 for small and base)")
     t.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay, not applied to biases and LayerNorm (default: %(default)s)")
     t.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
