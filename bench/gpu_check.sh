@@ -33,7 +33,9 @@ fi
 echo "== 3. --model-size base --max-time $SECONDS_OF_TRAINING, defaults =="
 "$PY" training/run_training.py --job-dir "$OUT/job" --no-resume --path-to-train-set "$OUT/corpus/train" \
   --path-to-val-set "$OUT/corpus/validation" --path-to-tokenizer "$OUT/tokenizer" \
-  --model-size base --max-time "$SECONDS_OF_TRAINING" --no-progress 2>&1 | grep -E "device plan|first optimizer step|validation took|^\{" || true
+  --model-size base --max-time "$SECONDS_OF_TRAINING" --no-progress > "$OUT/train.log" 2>&1 \
+  || { tail -20 "$OUT/train.log"; exit 1; }
+grep -E "device plan|first optimizer step|validation at|^\{" "$OUT/train.log" || true
 
 "$PY" - "$OUT/job" <<'PY'
 import json, os, sys

@@ -13,7 +13,7 @@ def sentence_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor, eos
     position. Computed before masking, which may put a random </s> in place of a word.
     """
     batch, length = input_ids.shape
-    index = torch.arange(length).expand(batch, length)
+    index = torch.arange(length, device=input_ids.device).expand(batch, length)
     starts = torch.zeros_like(input_ids, dtype=torch.bool)
     starts[:, 1:] = input_ids[:, :-1] == eos_id
     segment_ids = starts.long().cumsum(1)
@@ -69,6 +69,8 @@ class MaskedLMCollator:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float, seed: int = 0,
                  packed: bool = False, mask_rule: str = "80-10-10") -> None:
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {MASK_RULES}, got {mask_rule!r}")
         self.mlm_probability, self.seed, self.packed, self.calls = mlm_probability, seed, packed, 0
         self.mask_share = 1.0 if mask_rule == "all-mask" else 0.8
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
