@@ -125,9 +125,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
-    run_file = os.path.join(cfg.job_dir, "run_config.json")
-    if cfg.resume is not False and os.path.exists(os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")):
-        earlier = (read_json(run_file) or {}).get("config", {})  # a resumed run keeps its batch and rate
+    if resume_checkpoint(cfg):  # a resumed run keeps its batch and rate unless given
+        earlier = (read_json(os.path.join(cfg.job_dir, "run_config.json")) or {}).get("config", {})
         cfg = replace(cfg, batch_size=cfg.batch_size or earlier.get("batch_size"), lr=cfg.lr or earlier.get("lr"))
     cfg = resolve_defaults(cfg, plan.batch_size)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
