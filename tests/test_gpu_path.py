@@ -35,7 +35,9 @@ def test_the_device_plan_for_each_kind_of_device(monkeypatch):
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     cpu = devices.plan_for_device("cpu")
     assert (cpu.precision, cpu.fused_adamw, cpu.attention, cpu.num_workers, cpu.pin_memory, cpu.check_every_n_steps) == (
-        "32-true", False, "eager", 0, False, 1)
+        "32-true", True, "eager", 0, False, 1)
+    assert not devices.plan_for_device("cpu", "16-mixed").fused_adamw  # its gradient scaler unscales first
+    assert not devices.plan_for_device("mps").fused_adamw
     assert cpu.batch_size == 8  # more steps for the same tokens where a batch's size does not change its speed
     assert devices.plan_for_device("cpu", "bf16-mixed", "sdpa", 3).num_workers == 3
 
@@ -107,6 +109,23 @@ def test_clipping_applies_with_and_without_the_fused_optimizer(monkeypatch, tmp_
         name = "model.roberta.encoder.layer.0.attention.self.query.weight"
         moved[clip] = (after[name].float() - before[name[len("model."):]]).abs().max().item()
     assert moved["0"] > 1e-3 and moved["1e-12"] < 1e-4, moved
+
+
+@pytest.mark.parametrize("fused_before, fused_now", [(False, True), (True, False)])
+def test_a_run_resumes_with_its_own_plans_optimizer(monkeypatch, tmp_path, pipeline_run, fused_before, fused_now):
+    """A checkpoint of a foreach AdamW (CPU runs before fused became their plan, 16-mixed GPUs) resumed under a
+    fused plan, and the other way round: the optimizer is the plan's and the run reaches its steps."""
+    built = []
+    original = model_module.MaskedLMModule.configure_optimizers
+    monkeypatch.setattr(model_module.MaskedLMModule, "configure_optimizers",
+                        lambda self: built.append(original(self)) or built[-1])
+    train_with_plan(monkeypatch, tmp_path, pipeline_run, cuda_plan_on_cpu(fused_adamw=fused_before), "--max-steps", "3")
+    metrics = train_with_plan(monkeypatch, tmp_path, pipeline_run, cuda_plan_on_cpu(fused_adamw=fused_now),
+                              "--max-steps", "6")
+    optimizer = built[-1]["optimizer"]
+    assert metrics["global_step"] == 6
+    assert all(bool(group["fused"]) == fused_now for group in optimizer.param_groups)
+    assert all(int(s["step"]) == 6 for s in optimizer.state.values())
 
 
 def poison_step(monkeypatch, bad_call: int, record: dict, rank: int | None = None) -> None:

@@ -93,7 +93,7 @@ def masked_lm_loss(model: RobertaForMaskedLM, input_ids: torch.Tensor, attention
                    masked_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean loss, correct predictions, masked tokens), computing the model only as far as the loss needs.
 
-    Only ~15% of the positions carry a label, so the last layer runs its queries and feed-forward block
+    Only the masked positions (15-30%) carry a label, so the last layer runs its queries and feed-forward block
     there alone (`last_layer_at`) and the output layer (hidden x vocabulary) sees only those rows; the
     loss and gradients equal the full model's. With `segment_ids` (packed blocks), attention stays within
     each sentence; without, padding (attention_mask 0) is the only thing hidden. `masked_most` (most
@@ -206,6 +206,12 @@ class MaskedLMModule(pl.LightningModule):
         self.seen_before = [int(x) for x in checkpoint.get("seen", old)]
         self.total_train_tokens = self.seen_before[0]
         align_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
+        # Optimizer.load_state_dict restores each group's flags as saved: a checkpoint of a foreach run (older
+        # CPU runs, 16-mixed GPUs) would turn this run's fused optimizer into a foreach one, which refuses the
+        # found_inf that configure_gradient_clipping sets. The optimizer is this run's plan's, not the saved one's.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group.update(fused=self.hparams.fused_adamw or None, foreach=None)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Dropout (if any) draws from a generator keyed by the seed, rank and position in the data: a resumed
@@ -245,9 +251,9 @@ class MaskedLMModule(pl.LightningModule):
         Called by Lightning after the backward pass (and after a 16-mixed scaler has unscaled the
         gradients). Lightning's own clipping refuses fused optimizers under mixed precision because a
         fused step may unscale internally; bf16 has no scaler, so clipping here is exact. The skip is
-        decided on the device: the fused AdamW kernel reads `found_inf` and leaves weights and state
-        untouched; other optimizers get no gradients for the step (that needs the flag on the host,
-        free on a CPU; a 16-mixed scaler reads its own flag anyway).
+        decided on the device: the fused AdamW kernel (GPUs and CPUs) reads `found_inf` and leaves weights
+        and state untouched; the foreach one (MPS, 16-mixed) gets no gradients for the step (that needs the
+        flag on the host; a 16-mixed scaler reads its own flag anyway).
         """
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         masked, loss_bad, self._window_masked, self._window_bad = self._window_masked, self._window_bad, None, None
