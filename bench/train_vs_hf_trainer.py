@@ -3,7 +3,7 @@ time, and time to the Trainer's quality.
 
     python bench/train_vs_hf_trainer.py                       # generated corpus, 60, 150 and 600 s
     python bench/train_vs_hf_trainer.py --corpus-dir data/corpus --tokenizer data/tokenizer   # your text
-    python bench/train_vs_hf_trainer.py --skip-trainer --seconds 150 --repeats 2 --try "--mlm-probability 0.3"
+    python bench/train_vs_hf_trainer.py --skip-trainer --seconds 150 --repeats 2 --try "--mlm-probability 0.15"
 
 Same corpus, tokenizer and model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), each run in a
 fresh process for the same seconds of training:
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, nargs="+", default=[60, 150, 600],
                    help="training budgets; each is a separate comparison (default: %(default)s)")
     p.add_argument("--try", dest="try_flags", nargs="*", default=[], metavar="FLAGS",
-                   help='more (a) runs, each with these run_training.py flags, e.g. "--mlm-probability 0.3"')
+                   help='more (a) runs, each with these run_training.py flags, e.g. "--mlm-probability 0.15"')
     p.add_argument("--repeats", type=int, default=1,
                    help="(a) runs per setting and budget, seeds --seed, --seed+1...: the table gives the mean and the "
                         "spread (max - min) (default: %(default)s)")

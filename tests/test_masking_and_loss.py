@@ -74,7 +74,7 @@ def test_a_mask_rule_that_does_not_exist_is_refused_in_one_line():
         validate_config(TrainingConfig(job_dir="j", train_path="t", val_path="v", mask_rule="random"))
 
 
-def test_batch_and_rate_default_to_the_device_and_the_model_size():
+def test_batch_rate_and_masking_default_to_the_device_and_the_model_size():
     from training.config import TrainingConfig, resolve_defaults
     from training.devices import plan_for_device
 
@@ -84,8 +84,9 @@ def test_batch_and_rate_default_to_the_device_and_the_model_size():
     given = lambda **k: TrainingConfig(job_dir="j", train_path="t", val_path="v", **k)
     tiny, base = resolve_defaults(given(model_size="tiny"), cpu_batch), resolve_defaults(given(), gpu_batch)
     assert (tiny.batch_size, tiny.lr, base.batch_size, base.lr) == (8, 1e-3, 32, 5e-4)
-    chosen = resolve_defaults(given(model_size="tiny", batch_size=64, lr=3e-4), cpu_batch)
-    assert (chosen.batch_size, chosen.lr) == (64, 3e-4)  # what the user gives is kept
+    assert tiny.mlm_probability == base.mlm_probability == 0.3
+    chosen = resolve_defaults(given(model_size="tiny", batch_size=64, lr=3e-4, mlm_probability=0.15), cpu_batch)
+    assert (chosen.batch_size, chosen.lr, chosen.mlm_probability) == (64, 3e-4, 0.15)  # what the user gives is kept
 
 
 def test_validation_masks_15_percent_whatever_training_masks(pipeline_run, tmp_path):

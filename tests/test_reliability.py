@@ -53,14 +53,20 @@ def test_killed_run_resumes_and_reaches_max_steps(tmp_path, pipeline_run):
     job = tmp_path / "job"
     args = train_args(pipeline_run, job, "--max-steps", "30", "--checkpoint-every-n-steps", "8",
                       "--validate-every-n-steps", "15")
-    proc = start_training(args)
+    i = args.index("--batch-size")
+    del args[i:i + 2]
+    started_with = ["--lr", "2e-4", "--mlm-probability", "0.2", "--batch-size", "12"]  # not the defaults (1e-3, 0.3, 8)
+    proc = start_training(args + started_with)
     wait_for(job / "checkpoints" / "last.ckpt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 8 <= killed_at < 30
-    result = run_script("training/run_training.py", *args)
+    result = run_script("training/run_training.py", *args)  # resumed without those flags: it keeps them
     assert "resuming from" in result.stderr
+    config = json.loads((job / "run_config.json").read_text())["config"]
+    assert (config["lr"], config["mlm_probability"], config["batch_size"]) == (2e-4, 0.2, 12)
+    assert max(lr for _, lr in scalars(job, "lr")) == pytest.approx(2e-4)
     assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
     steps = [step for step, _ in scalars(job, "train/loss")]  # without those a crash orphaned
     assert steps == list(range(steps[0], steps[0] + len(steps))) and len(steps) == 30, steps

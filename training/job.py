@@ -125,9 +125,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
     log.info("device plan: %s", plan)
-    if resume_checkpoint(cfg):  # a resumed run keeps its batch and rate unless given
+    if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
         earlier = (read_json(os.path.join(cfg.job_dir, "run_config.json")) or {}).get("config", {})
-        cfg = replace(cfg, batch_size=cfg.batch_size or earlier.get("batch_size"), lr=cfg.lr or earlier.get("lr"))
+        cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
     cfg = resolve_defaults(cfg, plan.batch_size)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
     datamodule = MaskedLMDataModule(

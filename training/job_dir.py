@@ -53,8 +53,10 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
                 f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
                 "use another --job-dir, or --no-resume to archive that run and start over"
             )
-    with open(run_file, "w") as f:
+    # Whole or not at all (a temporary file renamed): the other ranks of a resumed run read it as rank 0 writes.
+    with open(f"{run_file}.tmp", "w") as f:
         json.dump({"identity": identity, "config": asdict(cfg)}, f, indent=2)
+    os.replace(f"{run_file}.tmp", run_file)
     if resume_from:
         log.warning("resuming from %s", resume_from)
     return resume_from
