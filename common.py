@@ -1,10 +1,11 @@
 """What the three steps share: their error types, the runner that turns those into one line and an exit
-code, and atomic publishing of a finished output directory."""
+code, and atomic publishing of a finished output directory or JSON file."""
 import argparse
+import json
 import os
 import shutil
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 
 class UsageError(Exception):
@@ -52,6 +53,14 @@ def run_main(main: Callable[[], None]) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write `data` as JSON under a temporary name, then rename it: a reader sees the old file or the new one."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def publish(staging: str, output_dir: str) -> None:

@@ -1,11 +1,10 @@
 """Write sharded one-sentence-per-line files, the manifest, and swap the finished corpus into place."""
 import hashlib
-import json
 import os
 import tempfile
 from typing import Any
 
-from common import UsageError
+from common import UsageError, write_json_atomic
 
 SHARD_NAME = "corpus_chunk_{:05d}.txt"
 MANIFEST = "manifest.json"
@@ -69,11 +68,7 @@ class ShardWriter:
 
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
-    path = os.path.join(directory, MANIFEST)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json_atomic(os.path.join(directory, MANIFEST), manifest)
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:

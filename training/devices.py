@@ -106,8 +106,7 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
         # Fused AdamW on CPUs: one pass over the weights instead of a dozen (3x less optimizer time; the
         # embedding matrix is most of tiny's weights), except under a gradient scaler, as on CUDA; MPS keeps the
         # foreach one.
-        fused = device == "cpu" and precision not in ("16-mixed", "16")
-        return DevicePlan(device, precision, fused_adamw=fused, attention=attention,
+        return DevicePlan(device, precision, fused_adamw=device == "cpu" and not scaled(precision), attention=attention,
                           num_workers=num_workers or 0, pin_memory=False, tf32=False, check_every_n_steps=1,
                           batch_size=8 if device == "cpu" else 32)
     if capability is None:
@@ -120,10 +119,15 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
         # GPU computes. Four keep ahead of any preset's step; leave a core per process for the training loop.
         num_workers = max(1, min(4, (os.cpu_count() or 2) // max(processes_per_node, 1) - 1))
     return DevicePlan(
-        device, precision, fused_adamw=precision not in ("16-mixed", "16"),  # a gradient scaler unscales first
+        device, precision, fused_adamw=not scaled(precision),
         attention=attention, num_workers=num_workers, pin_memory=True, tf32=ampere,
         check_every_n_steps=max(log_every_n_steps, 1),
     )
+
+
+def scaled(precision: str) -> bool:
+    """True for float16 precisions: a gradient scaler unscales first, so the fused AdamW kernel is not used."""
+    return precision in ("16-mixed", "16")
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:

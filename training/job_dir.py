@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from common import UsageError
+from common import UsageError, write_json_atomic
 from training.config import RUN_IDENTITY, TrainingConfig
 
 log = logging.getLogger("training")
@@ -53,10 +53,8 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
                 f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
                 "use another --job-dir, or --no-resume to archive that run and start over"
             )
-    # Whole or not at all (a temporary file renamed): the other ranks of a resumed run read it as rank 0 writes.
-    with open(f"{run_file}.tmp", "w") as f:
-        json.dump({"identity": identity, "config": asdict(cfg)}, f, indent=2)
-    os.replace(f"{run_file}.tmp", run_file)
+    # Whole or not at all: the other ranks of a resumed run read it as rank 0 writes.
+    write_json_atomic(run_file, {"identity": identity, "config": asdict(cfg)})
     if resume_from:
         log.warning("resuming from %s", resume_from)
     return resume_from
