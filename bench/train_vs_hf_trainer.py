@@ -267,7 +267,7 @@ def time_to_quality(corpus: str, tokenizer: str, target: float, known: dict[floa
         runs += 1
     reached = [s for s, loss in known.items() if loss <= target]
     if not reached:
-        print(f"not reached within {max(known):g} s: the Trainer's {args.reference_seconds:g}-s loss needs more "
+        print(f"not reached within {max(known):g} s: the {args.reference_seconds:g}-s reference loss needs more "
               f"than {args.reference_seconds:g} s here (ratio below 1x)", flush=True)
         return
     high = min(reached)
@@ -280,8 +280,10 @@ def time_to_quality(corpus: str, tokenizer: str, target: float, known: dict[floa
             low = middle
         runs += 1
     ratio = args.reference_seconds / high
+    reference = (f"the Trainer's {args.reference_seconds:g} s" if args.target_loss is None else
+                 f"the --reference-seconds {args.reference_seconds:g} in which --target-loss was reached")
     print(f"reached by --max-time {high:g} s" + (f", not by {low:g} s" if low else "") +
-          f": {ratio:.1f}x sooner than the Trainer's {args.reference_seconds:g} s (target 10x: "
+          f": {ratio:.1f}x sooner than {reference} (target 10x: "
           f"{'met' if ratio >= 10 else 'NOT met'})", flush=True)
 
 

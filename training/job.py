@@ -1,5 +1,4 @@
 """Step 3 end to end: check inputs, train (or resume), validate, export, write final metrics."""
-import json
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from common import Interrupted, UsageError
+from common import Interrupted, UsageError, write_json_atomic
 from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, resolve_defaults,
                              step_budget, validate_config, warmup_ratio)
 from training.data_module import MaskedLMDataModule
@@ -224,6 +223,5 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                           model_name(cfg.job_dir), validation, cfg.language.split(",") if cfg.language else None,
                           cfg.init_from)
         export_model(module.model, tokenizer, os.path.join(cfg.job_dir, "model"), {"README.md": card})
-        with open(os.path.join(cfg.job_dir, "final_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+        write_json_atomic(os.path.join(cfg.job_dir, "final_metrics.json"), metrics)
     return metrics

@@ -15,8 +15,8 @@ import logging
 import sys
 
 from common import ArgumentParser, run_main
-from training.config import (DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO,
-                             TrainingConfig)
+from training.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE,
+                             DEFAULT_WARMUP_RATIO, TrainingConfig)
 from training.job import train
 from training.masking import MASK_RULES
 from training.model import MODEL_SIZES
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what a chosen token becomes in training: 80-10-10 = <mask> 80%%, a random token 10%%, itself "
                         "10%% (BERT, RoBERTa); all-mask = always <mask>; validation uses 80-10-10 (default: %(default)s)")
     t.add_argument("--lr", type=float,
-                   help="peak learning rate of AdamW (default: 1e-3 for --model-size tiny, 5e-4 for small and base)")
+                   help="peak learning rate of AdamW (default: " + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items())
+                   + ")")
     t.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay, not applied to biases and LayerNorm (default: %(default)s)")
     t.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
