@@ -3,6 +3,7 @@ code, and atomic publishing of a finished output directory or JSON file."""
 import argparse
 import json
 import os
+import secrets
 import shutil
 import sys
 from typing import Any, Callable, NoReturn
@@ -56,11 +57,18 @@ def run_main(main: Callable[[], None]) -> int:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write `data` as JSON under a temporary name, then rename it: a reader sees the old file or the new one."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    """Write `data` as JSON under a temporary name of its own, then rename it: a reader sees the old file or the
+    new one, two writers never share a half-written file, and a failed write leaves nothing behind."""
+    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"  # not mkstemp's: its files are private (0600)
+    f = open(temporary, "x", encoding="utf-8")
+    try:
+        with f:  # ASCII escapes: a path of undecodable bytes (a lone surrogate in Python) still writes, reads back
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def publish(staging: str, output_dir: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_script
 from corpus import run_corpus_generation, writing
-from common import run_main
+from common import run_main, write_json_atomic
 from tokenizer import run_tokenizer_fitting
 from training import run_fill_mask, run_training
 
@@ -142,6 +142,17 @@ def test_disk_full_while_writing_shards_keeps_the_old_corpus(tmp_path, capsys, m
     assert run_main(lambda: run_corpus_generation.main(["--data-files", sample_tsv, "--output-dir", str(fresh),
                                                          "--no-progress"])) == 1
     assert not fresh.exists() and sorted(os.listdir(tmp_path)) == ["corpus"]  # no shard, no manifest, no debris
+
+
+def test_a_json_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "run_config.json"
+    undecodable = os.fsdecode(b"/data/caf\xe9")  # a path in Latin-1 on a UTF-8 system: a lone surrogate
+    write_json_atomic(str(path), {"train_path": undecodable})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"train_path": undecodable}
+    with pytest.raises(TypeError):
+        write_json_atomic(str(path), {"train_path": object()})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"train_path": undecodable}
+    assert os.listdir(tmp_path) == ["run_config.json"]
 
 
 def test_a_split_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path, pipeline_run):

@@ -36,7 +36,8 @@ def test_the_device_plan_for_each_kind_of_device(monkeypatch):
     cpu = devices.plan_for_device("cpu")
     assert (cpu.precision, cpu.fused_adamw, cpu.attention, cpu.num_workers, cpu.pin_memory, cpu.check_every_n_steps) == (
         "32-true", True, "eager", 0, False, 1)
-    assert not devices.plan_for_device("cpu", "16-mixed").fused_adamw  # its gradient scaler unscales first
+    cpu16 = devices.plan_for_device("cpu", "16-mixed")  # Lightning runs it as bf16-mixed: no scaler, so fused
+    assert (cpu16.precision, cpu16.fused_adamw) == ("bf16-mixed", True)
     assert not devices.plan_for_device("mps").fused_adamw
     assert cpu.batch_size == 8  # more steps for the same tokens where a batch's size does not change its speed
     assert devices.plan_for_device("cpu", "bf16-mixed", "sdpa", 3).num_workers == 3
@@ -126,6 +127,23 @@ def test_a_run_resumes_with_its_own_plans_optimizer(monkeypatch, tmp_path, pipel
     assert metrics["global_step"] == 6
     assert all(bool(group["fused"]) == fused_now for group in optimizer.param_groups)
     assert all(int(s["step"]) == 6 for s in optimizer.state.values())
+
+
+def test_a_resumed_run_trains_with_the_rate_and_decay_it_is_given(monkeypatch, tmp_path, pipeline_run):
+    """Optimizer and scheduler states restore the saved rates and decay; a new --lr or --weight-decay wins."""
+    built = []
+    original = model_module.MaskedLMModule.configure_optimizers
+    monkeypatch.setattr(model_module.MaskedLMModule, "configure_optimizers",
+                        lambda self: built.append(original(self)) or built[-1])
+    constant = ("--lr-schedule", "constant", "--warmup-ratio", "0")
+    train_with_plan(monkeypatch, tmp_path, pipeline_run, cuda_plan_on_cpu(), "--max-steps", "3", "--lr", "1e-3", *constant)
+    metrics = train_with_plan(monkeypatch, tmp_path, pipeline_run, cuda_plan_on_cpu(), "--max-steps", "5", "--lr", "1e-4",
+                              "--weight-decay", "0.1", *constant)
+    optimizer, scheduler = built[-1]["optimizer"], built[-1]["lr_scheduler"]["scheduler"]
+    assert metrics["global_step"] == 5
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-4])
+    assert scheduler.base_lrs == pytest.approx([1e-4, 1e-4])
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
 
 def poison_step(monkeypatch, bad_call: int, record: dict, rank: int | None = None) -> None:

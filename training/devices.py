@@ -100,6 +100,8 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
     if device != "cuda":
         if precision == "auto":
             precision = cpu_precision() if device == "cpu" else "32-true"
+        elif device == "cpu" and scaled(precision):
+            precision = "bf16-mixed"  # what Lightning runs for float16 AMP on a CPU (it has no float16 autocast)
         # A CPU computes a batch in about the same time per token whatever its size, so small batches give
         # more optimizer steps for the same tokens: on real titles, 8 sequences a step reached a lower
         # loss than 32 within a time budget (docs/benchmarks.md). GPUs need larger batches to be busy.
@@ -126,7 +128,7 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
 
 
 def scaled(precision: str) -> bool:
-    """True for float16 precisions: a gradient scaler unscales first, so the fused AdamW kernel is not used."""
+    """True for float16 mixed precision: a gradient scaler unscales first, so the fused AdamW kernel is not used."""
     return precision in ("16-mixed", "16")
 
 

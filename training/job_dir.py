@@ -33,7 +33,7 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
     run_file = os.path.join(cfg.job_dir, "run_config.json")
     previous = None
     if os.path.isfile(run_file):
-        with open(run_file) as f:
+        with open(run_file, encoding="utf-8") as f:
             previous = json.load(f)
     if cfg.resume is False and (os.path.exists(last) or previous):
         archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)

@@ -209,9 +209,16 @@ class MaskedLMModule(pl.LightningModule):
         # Optimizer.load_state_dict restores each group's flags as saved: a checkpoint of a foreach run (older
         # CPU runs, 16-mixed GPUs) would turn this run's fused optimizer into a foreach one, which refuses the
         # found_inf that configure_gradient_clipping sets. The optimizer is this run's plan's, not the saved one's.
+        # It also restores each group's rate and decay, and LambdaLR its base rates: a resumed run given a new --lr or
+        # --weight-decay would go on with the old ones while run_config.json and the model card record the new.
+        hp = self.hparams
         for state in checkpoint.get("optimizer_states", []):
-            for group in state["param_groups"]:
-                group.update(fused=self.hparams.fused_adamw or None, foreach=None)
+            for i, group in enumerate(state["param_groups"]):  # configure_optimizers: decayed, then not decayed
+                peak = group.get("initial_lr") or hp.lr
+                group.update(fused=hp.fused_adamw or None, foreach=None, lr=group["lr"] * hp.lr / peak,
+                             initial_lr=hp.lr, weight_decay=hp.weight_decay if i == 0 else 0.0)
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            scheduler["base_lrs"] = [hp.lr] * len(scheduler.get("base_lrs", []))
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Dropout (if any) draws from a generator keyed by the seed, rank and position in the data: a resumed
@@ -268,9 +275,9 @@ class MaskedLMModule(pl.LightningModule):
         scale = self.hparams.masked_per_batch * self.trainer.accumulate_grad_batches * world / masked.clamp(min=1)
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         if gradient_clip_val:
-            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=None)
         else:
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            norm = torch.nn.utils.get_total_norm(grads, foreach=None)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         bad = loss_bad
         if scaler is None:  # with a scaler, overflowing gradients are its business: it skips and lowers the scale
