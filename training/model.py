@@ -213,10 +213,10 @@ class MaskedLMModule(pl.LightningModule):
         # --weight-decay would go on with the old ones while run_config.json and the model card record the new.
         hp = self.hparams
         for state in checkpoint.get("optimizer_states", []):
-            for i, group in enumerate(state["param_groups"]):  # configure_optimizers: decayed, then not decayed
+            for group, weight_decay in zip(state["param_groups"], self.group_weight_decays()):
                 peak = group.get("initial_lr") or hp.lr
                 group.update(fused=hp.fused_adamw or None, foreach=None, lr=group["lr"] * hp.lr / peak,
-                             initial_lr=hp.lr, weight_decay=hp.weight_decay if i == 0 else 0.0)
+                             initial_lr=hp.lr, weight_decay=weight_decay)
         for scheduler in checkpoint.get("lr_schedulers", []):
             scheduler["base_lrs"] = [hp.lr] * len(scheduler.get("base_lrs", []))
 
@@ -329,6 +329,10 @@ class MaskedLMModule(pl.LightningModule):
         }, prog_bar=True)  # identical on every rank after the reduction above
         self.last_validated_step = self.trainer.global_step
 
+    def group_weight_decays(self) -> tuple[float, float]:
+        """AdamW's parameter groups' weight decay, in order: weight matrices, then biases and LayerNorm (none)."""
+        return self.hparams.weight_decay, 0.0
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
@@ -336,7 +340,8 @@ class MaskedLMModule(pl.LightningModule):
             if not param.requires_grad:
                 continue
             (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": params, "weight_decay": weight_decay}
+                  for params, weight_decay in zip((decay, no_decay), self.group_weight_decays())]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.adam_betas, eps=hp.adam_eps,
                                       fused=hp.fused_adamw or None)
         schedule = Schedule(hp.lr_schedule, hp.max_steps, hp.max_seconds, hp.warmup_ratio, hp.warmup_steps,
