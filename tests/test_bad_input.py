@@ -28,6 +28,8 @@ def inputs(tmp_path_factory, pipeline_run):
     (d / "binary_dir").mkdir()
     (d / "binary_dir" / "x.txt").write_bytes(b"\x00\x01\x02\xff" * 100)
     (d / "long_watch.txt").write_text("Organic cotton baby <mask>\n\n" + "soft " * 40 + "blanket <mask>\n")
+    (d / "torn_job").mkdir()
+    (d / "torn_job" / "run_config.json").write_text('{"identity": {"model_size": "ti')  # cut short
     (d / "not_a_tokenizer").mkdir()
     (d / "not_a_tokenizer" / "tokenizer.json").write_text("{ this is not json")
     no_mask = d / "no_mask"
@@ -93,6 +95,7 @@ CASES = [
     ("training", {"--warmup-steps": "10", "--warmup-ratio": "0.1"}, 2, "not both"),
     ("training", {"--job-dir": "D/a_file/job"}, 2, "choose a writable directory"),
     ("training", {"--job-dir": "J", "--num-layers": "3"}, 2, "holds a run with a different"),
+    ("training", {"--job-dir": "D/torn_job"}, 2, "run_config.json (Unterminated string"),
     ("fill-mask", ["--model-dir", "D/missing", "a <mask>"], 2, "not an exported model"),
     ("fill-mask", ["--checkpoint", "D/a_file", "a <mask>", "--path-to-tokenizer", "T"], 2, "not a checkpoint"),
 ]

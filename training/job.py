@@ -17,7 +17,7 @@ from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, pars
                              step_budget, validate_config, warmup_ratio)
 from training.data_module import MaskedLMDataModule
 from training.export import export_model
-from training.job_dir import prepare_job_dir, resume_checkpoint
+from training.job_dir import prepare_job_dir, read_run_config, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MaskedLMModule, perplexity
 from training.token_cache import file_sha256, files_fingerprint
@@ -125,7 +125,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     apply_plan(plan)
     log.info("device plan: %s", plan)
     if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
-        earlier = (read_json(os.path.join(cfg.job_dir, "run_config.json")) or {}).get("config", {})
+        earlier = (read_run_config(cfg.job_dir) or {}).get("config", {})
         cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
     cfg = resolve_defaults(cfg, plan.batch_size)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)

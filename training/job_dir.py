@@ -22,6 +22,18 @@ def resume_checkpoint(cfg: TrainingConfig) -> str | None:
     return last
 
 
+def read_run_config(job_dir: str) -> dict[str, Any] | None:
+    """JOB/run_config.json as the last run wrote it, or None when there is none."""
+    path = os.path.join(job_dir, "run_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path} ({e}); move it away to start this job over, or use another --job-dir") from None
+
+
 def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
     """Create the job directory (global rank 0 only); return the checkpoint to resume from, if any."""
     try:
@@ -31,10 +43,7 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
         raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
     run_file = os.path.join(cfg.job_dir, "run_config.json")
-    previous = None
-    if os.path.isfile(run_file):
-        with open(run_file, encoding="utf-8") as f:
-            previous = json.load(f)
+    previous = read_run_config(cfg.job_dir)
     if cfg.resume is False and (os.path.exists(last) or previous):
         archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
         for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from common import ArgumentParser, UsageError, run_main
+from common import ArgumentParser, UsageError, run_main, write_json_atomic
 from corpus.run_corpus_generation import SAMPLE_FILE
 from corpus.sources import expand_data_files
 from training.probe import load_labelled, run_probe
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = run_probe(args.model_dir, data, args.epochs, args.batch_size, args.lr, args.seed)
     out = args.output_dir or args.model_dir
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "probe_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json_atomic(os.path.join(out, "probe_metrics.json"), metrics)
     if os.path.abspath(out) == os.path.abspath(args.model_dir):
         cite_in_model_card(args.model_dir, metrics)
     print(json.dumps({k: metrics[k] for k in ("pretrained", "random_init", "labels", "majority_class_accuracy")}))
