@@ -61,3 +61,17 @@ def test_a_changed_seed_or_training_data_is_refused(tmp_path, pipeline_run):
         f.write("one more product title\n")
     with pytest.raises(UsageError, match="different train_data;"):
         prepare_job_dir(cfg, identity | {"train_data": files_fingerprint(text_files(str(moved), "train"))})
+
+
+@pytest.mark.parametrize("torn", ['{"identity": {"seed": 4', "[]", "\xff"])
+def test_a_torn_run_config_is_refused_and_no_resume_archives_it(tmp_path, torn):
+    cfg = TrainingConfig(job_dir=str(tmp_path / "job"), train_path="", val_path="")
+    os.makedirs(cfg.job_dir)
+    (tmp_path / "job" / "run_config.json").write_bytes(torn.encode("latin-1"))
+    with pytest.raises(UsageError, match=r"cannot read .*run_config.json .*--no-resume archives it"):
+        prepare_job_dir(cfg, {"seed": 42})
+    assert (tmp_path / "job" / "run_config.json").read_bytes() == torn.encode("latin-1")  # left as it was
+    prepare_job_dir(TrainingConfig(job_dir=cfg.job_dir, train_path="", val_path="", resume=False), {"seed": 42})
+    archived = glob.glob(str(tmp_path / "job" / "previous-*" / "run_config.json"))
+    assert [open(p, "rb").read() for p in archived] == [torn.encode("latin-1")]
+    assert json.load(open(tmp_path / "job" / "run_config.json"))["identity"] == {"seed": 42}

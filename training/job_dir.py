@@ -27,11 +27,14 @@ def read_run_config(job_dir: str) -> dict[str, Any] | None:
     path = os.path.join(job_dir, "run_config.json")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            run = json.load(f)
+        if not isinstance(run, dict):
+            raise ValueError("not a JSON object")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path} ({e}); move it away to start this job over, or use another --job-dir") from None
+        raise UsageError(f"cannot read {path} ({e}); --no-resume archives it and starts over, or use another --job-dir") from None
+    return run
 
 
 def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
@@ -43,14 +46,13 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
         raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
     run_file = os.path.join(cfg.job_dir, "run_config.json")
-    previous = read_run_config(cfg.job_dir)
-    if cfg.resume is False and (os.path.exists(last) or previous):
+    if cfg.resume is False and (os.path.exists(last) or os.path.exists(run_file)):  # archived unread: torn or not
         archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
         for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
             if os.path.exists(os.path.join(cfg.job_dir, name)):
                 shutil.move(os.path.join(cfg.job_dir, name), archive)
         log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
-        previous = None
+    previous = read_run_config(cfg.job_dir)
     resume_from = resume_checkpoint(cfg)
     if cfg.resume and resume_from is None:
         raise UsageError(f"--resume given but {last!r} does not exist; drop --resume to start a new run")
