@@ -17,7 +17,7 @@ DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: s
 DEFAULT_LR = {"tiny": 1e-3, "small": 5e-4, "base": 5e-4}
 # Share of tokens masked in training when --mlm-probability is not given. 30% (MosaicBERT's, ModernBERT's)
 # reached a lower validation loss (scored at 15%) than 15% at 60, 150 and 600 s on real product titles,
-# although it trains ~25% fewer tokens/s; on review text it tied at 60 and 150 s, won at 600 s (docs/benchmarks.md).
+# although it trains 25-40% fewer tokens/s; on review text it tied at 60 and 150 s, won at 600 s (docs/benchmarks.md).
 DEFAULT_MLM_PROBABILITY = 0.3
 # What must match for a checkpoint to be resumed into the current run.
 RUN_IDENTITY = ("model_size", "hidden_size", "num_layers", "num_heads", "max_seq_length", "packing", "seed",
