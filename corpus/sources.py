@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from common import PipelineError, UsageError
+from corpus.remote import expand_remote, is_remote, open_remote
 
 DEFAULT_TEXT_COLUMNS = ("product_title", "title", "text")  # tried in order when none is named
 DATASETS_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -35,26 +36,39 @@ def expand_data_files(patterns: list[str]) -> list[str]:
     """Expand paths and globs, in a stable order; every pattern must match a readable file."""
     files: list[str] = []
     for pattern in patterns:
+        if is_remote(pattern):
+            files.extend(m for m in expand_remote(pattern) if m not in files)
+            continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
             raise UsageError(f"--data-files {pattern!r} matches no file; check the path or glob")
         files.extend(m for m in matches if m not in files)
     for f in files:
-        if not os.access(f, os.R_OK):
+        if not is_remote(f) and not os.access(f, os.R_OK):
             raise UsageError(f"cannot read {f!r}; check its permissions")
     return files
 
 
 def file_kind(path: str) -> str:
     """'tsv' for Amazon review TSVs, else the `datasets` builder name for the file's extension."""
-    name = path.lower()
+    name = file_name(path).lower()
     if name.endswith(TSV_SUFFIXES):
         return "tsv"
     stem, ext = os.path.splitext(name[:-3] if name.endswith(".gz") else name)
     if ext in DATASETS_BUILDERS:
         return DATASETS_BUILDERS[ext]
     raise UsageError(f"unsupported file type {path!r}; use .tsv(.gz), .csv, .json, .jsonl, .parquet or .txt")
+
+
+def file_name(path: str) -> str:
+    """The path without a URL's query string or fragment: what its type is read from."""
+    return path.split("?", 1)[0].split("#", 1)[0] if is_remote(path) else path
+
+
+def open_binary(path: str):
+    """A local file or a remote one (streamed), opened for reading bytes."""
+    return open_remote(path) if is_remote(path) else open(path, "rb")
 
 
 def resolve_columns(requested: list[str] | None, available: list[str], where: str) -> list[str]:
@@ -160,8 +174,8 @@ def _tsv_header(line: bytes, path: str) -> list[str]:
 
 def _decompressed(path: str, chunk_bytes: int) -> Iterator[bytes]:
     """The bytes of a plain or gzipped file (several gzip members too), in large blocks."""
-    with open(path, "rb") as raw:
-        if not path.lower().endswith(".gz"):
+    with open_binary(path) as raw:
+        if not file_name(path).lower().endswith(".gz"):
             yield from iter(lambda: raw.read(4 * chunk_bytes), b"")
             return
         inflate, in_member = zlib.decompressobj(wbits=31), False
@@ -186,13 +200,15 @@ def _read_ahead(path: str, depth: int = 4) -> Iterator[bytes]:
                 if block:
                     blocks.put(block)
             blocks.put(b"")
-        except (OSError, EOFError, zlib.error) as e:
+        except BaseException as e:  # every error reaches the caller: a thread that died silently would hang it
             blocks.put(e)
 
     threading.Thread(target=reader, daemon=True).start()
     while True:
         block = blocks.get()
         if isinstance(block, BaseException):
+            if isinstance(block, (UsageError, PipelineError)) or not isinstance(block, (OSError, EOFError, zlib.error)):
+                raise block
             if not isinstance(block, OSError) or block.errno is None:
                 raise UsageError(f"{path!r} is not a readable gzip or text file ({block}); check --data-files")
             raise PipelineError(f"could not read {path!r}: {block.strerror}; check the file") from block
