@@ -3,6 +3,7 @@ import itertools
 import os
 import pickle
 import shutil
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
-from corpus.sources import SourceStats, expand_data_files, file_kind, read_text_batches
+from corpus.remote import describe_remote, is_remote
+from corpus.sources import BAD_LINES_NAMED, SourceStats, expand_data_files, file_kind, read_text_batches
 from corpus.dedup import SentenceSpill
 from corpus.splitting import RepeatFilter, sentence_hashes, validation_mask
 from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
@@ -39,8 +41,13 @@ class CorpusConfig:
     max_rows: int = 0
     streaming: bool = False
     num_proc: int = 1
+    line_per: str = "row"
     overwrite: bool = False
     progress: bool = True
+
+
+LINE_PER = ("row", "value")
+BAD_LINE_REASONS = ("bad_json", "not_an_object", "bad_type", "bad_utf8", "malformed_row")
 
 
 def validate_config(cfg: CorpusConfig) -> None:
@@ -56,6 +63,8 @@ def validate_config(cfg: CorpusConfig) -> None:
         raise UsageError("--min-chars must be at least 1 and --max-chars 0 (no limit) or at least --min-chars")
     if cfg.num_proc < 1 or cfg.max_rows < 0:
         raise UsageError("--num-proc must be at least 1 and --max-rows 0 (all) or more")
+    if cfg.line_per not in LINE_PER:
+        raise UsageError(f"--line-per must be one of {', '.join(LINE_PER)}, got {cfg.line_per!r}")
 
 
 Prepared = tuple[int, list[str], np.ndarray, dict[str, int]]  # rows, sentences, their hashes, dropped by reason
@@ -80,23 +89,24 @@ def prepare_batch(batch: tuple[int, list[str]], cfg: CorpusConfig) -> Prepared:
     return rows, kept, sentence_hashes(kept, cfg.seed), {k: n for k, n in dropped.items() if n}
 
 
-def prepare_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[dict[str, int], int]:
-    """One whole TSV in a worker process, its prepared batches pickled one by one to a spill file that the
-    parent reads back as it goes, so that no file's text is ever held whole. Returns (dropped, repeats)."""
+def prepare_file(job: tuple[str, str], cfg: CorpusConfig) -> tuple[SourceStats, int]:
+    """One whole file in a worker process, its prepared batches pickled one by one to a spill file that the
+    parent reads back as it goes, so that no file's text is ever held whole. Returns (its stats, repeats)."""
     path, spill = job
     stats, repeats = SourceStats(), RepeatFilter()
     with open(spill, "wb") as out:
-        for batch in read_text_batches([path], None, None, cfg.text_columns, stats):
+        for batch in read_text_batches([path], None, None, cfg.text_columns, stats, line_per=cfg.line_per):
             pickle.dump(prepare_batch((len(batch), repeats.fresh(batch)), cfg), out, pickle.HIGHEST_PROTOCOL)
-    return stats.dropped, repeats.repeats
+    return stats, repeats.repeats
 
 
-def _read_spills(results: Iterable[tuple[dict[str, int], int]], spills: list[str],
+def _read_spills(results: Iterable[tuple[SourceStats, int]], spills: list[str],
                  stats: SourceStats) -> Iterator[Prepared]:
     """The batches of each file's spill, in file order, folding the workers' counts into the statistics."""
-    for (dropped, repeats), spill in zip(results, spills):
-        for reason, n in dropped.items():
+    for (file_stats, repeats), spill in zip(results, spills):
+        for reason, n in file_stats.dropped.items():
             stats.drop(reason, n)
+        stats.bad_lines.extend(file_stats.bad_lines[: max(0, BAD_LINES_NAMED - len(stats.bad_lines))])
         stats.repeats_in_workers += repeats
         with open(spill, "rb") as f:
             while True:
@@ -134,19 +144,24 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     validate_config(cfg)
     check_output_dir(cfg.output_dir, cfg.overwrite)
     stats = SourceStats()
+    files = expand_data_files(cfg.data_files) if cfg.data_files else []  # once: a path is never globbed again
     batches = read_text_batches(
-        cfg.data_files, cfg.dataset, cfg.dataset_config, cfg.text_columns, stats, cfg.cache_dir, cfg.streaming
+        files, cfg.dataset, cfg.dataset_config, cfg.text_columns, stats, cfg.cache_dir, cfg.streaming, cfg.line_per
     )
     batches = _limit_rows(batches, cfg.max_rows)
     first = next(batches, None)  # surfaces bad input (missing files, wrong column) before any output or bar
     batches = itertools.chain([first] if first is not None else [], batches)
-    files = expand_data_files(cfg.data_files) if cfg.data_files else []
-    # Several TSVs and several processes: each worker reads and normalises whole files, in file order.
-    # (TSVs only: each worker's RepeatFilter sees one file, which changes no line written but would change the
-    # manifest's counts of other formats, where one filter used to see every file.)
-    per_file = cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows and all(file_kind(f) == "tsv" for f in files)
+    if first is not None and (cfg.progress or stats.note):  # --no-progress: quiet unless there is a warning
+        where = f"{len(files)} file(s)" if files else f"hub dataset {cfg.dataset!r}"
+        print(f"reading column {', '.join(stats.columns or cfg.text_columns or ['?'])} of {where}"
+              + (f" ({stats.note})" if stats.note else ""), file=sys.stderr)
+    # Several TSV or JSON Lines files and several processes: each worker reads and normalises whole files, in
+    # file order. (Not other formats: each worker's RepeatFilter sees one file, which changes no line written
+    # but would change the manifest's counts, where one filter used to see every file.)
+    per_file = (cfg.num_proc > 1 and len(files) > 1 and not cfg.max_rows
+                and all(file_kind(f) in ("tsv", "jsonl") for f in files))
     if per_file:
-        stats = SourceStats()  # the peek above is discarded: the workers read every file themselves
+        stats = SourceStats(columns=stats.columns)  # the peek is discarded: the workers read every file themselves
     try:
         staging = staging_dir(cfg.output_dir)
     except OSError as e:
@@ -187,6 +202,12 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         duplicates = spill.repeats + spill.count - int(keep.sum())
         shards = {split: w.close() for split, w in writers.items()}
         dropped.update(stats.dropped)
+        if stats.bad_lines:
+            named = ", ".join(f"{b['file']} line {b['line']} ({b['reason']})" for b in stats.bad_lines)
+            bad = sum(stats.dropped.get(r, 0) for r in BAD_LINE_REASONS)
+            print(f"warning: {bad} line(s) dropped as unreadable: {named}"
+                  + (" and more; counts by reason in manifest.json" if bad > len(stats.bad_lines) else ""),
+                  file=sys.stderr)
         rows_read = rows_seen + sum(stats.dropped.values())
         repeats.repeats += stats.repeats_in_workers
         kept = sum(sh["lines"] for split in shards.values() for sh in split)
@@ -200,11 +221,15 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
                 f"only {kept} unique sentences, none fell into validation; use more data or a larger --validation-sample-size"
             )
         manifest = {
-            "source": {"data_files": cfg.data_files, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config},
+            "source": {"data_files": cfg.data_files, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config,
+                       "files": [f for f in files if not is_remote(f)],
+                       "remote_files": describe_remote(remote) if (remote := [f for f in files if is_remote(f)]) else [],
+                       "text_columns": stats.columns or cfg.text_columns},
             "arguments": {k: v for k, v in asdict(cfg).items() if k != "progress"},
             "rows_read": rows_read,
             "rows_kept": kept,
             "dropped": dict(sorted(dropped.items())),
+            "bad_lines": stats.bad_lines,
             "duplicates_removed": duplicates + repeats.repeats,
             "splits": {
                 split: {

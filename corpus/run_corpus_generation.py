@@ -3,9 +3,11 @@
 With no --data-files and no --dataset, the bundled synthetic sample is used.
 
     python corpus/run_corpus_generation.py --output-dir data/corpus
+    python corpus/run_corpus_generation.py --data-files 'meta_*.jsonl.gz' --output-dir data/titles
+    python corpus/run_corpus_generation.py --data-files \\
+        'hf://datasets/McAuley-Lab/Amazon-Reviews-2023/raw/review_categories/All_Beauty.jsonl' \\
+        --text-column text --output-dir data/reviews
     python corpus/run_corpus_generation.py --data-files 'reviews/*.tsv.gz' --output-dir data/corpus
-    python corpus/run_corpus_generation.py --dataset McAuley-Lab/Amazon-Reviews-2023 \\
-        --dataset-type raw_meta_All_Beauty --text-column title --streaming --output-dir data/corpus
 """
 import argparse
 import json
@@ -22,13 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input (one of; default: the bundled synthetic sample)")
     src.add_argument("--data-files", nargs="+", metavar="PATH",
-                     help="local files or globs: Amazon review .tsv/.tsv.gz, .csv, .json, .jsonl, .parquet or "
-                          ".txt/.txt.gz (one type per run; .txt gives a column named 'text', one row per line)")
-    src.add_argument("--dataset", metavar="NAME", help="Hugging Face hub dataset name, loaded with `datasets`")
+                     help="files or globs, local or remote (https://... URLs; hf://datasets/OWNER/NAME/PATH hub "
+                          "paths, globs too), read in one streaming pass: JSON Lines .jsonl/.json (Amazon Reviews "
+                          "2023 and 2018, one object per line; a .json array also works), Amazon review TSVs, .csv, "
+                          ".parquet or .txt (one type per run; .txt gives a column named 'text', one row per line); "
+                          ".gz for jsonl, json, tsv and txt"),
+    src.add_argument("--dataset", metavar="NAME",
+                     help="Hugging Face hub dataset name, loaded with `datasets` (one without a loading script; for "
+                          "Amazon Reviews 2023 pass its files with --data-files hf://...)")
     src.add_argument("--dataset-type", metavar="CONFIG", help="configuration (subset) of --dataset")
     p.add_argument("--text-column", metavar="COL[,COL...]",
-                   help="column(s) holding the text; several are joined with a space "
-                        "(default: product_title, else title, else text)")
+                   help="column(s) holding the text: strings or lists of strings (a list's items are joined with "
+                        "a space, see --line-per); several are joined with a space; a dotted path (details.Brand) "
+                        "reads a nested JSON key (default: product_title, else title, else text; in an Amazon "
+                        "Reviews 2023 review file `title` is the review's headline, `text` the review)")
+    p.add_argument("--line-per", choices=("row", "value"), default="row",
+                   help="row: one line per row, its columns and list items joined with a space; value: every "
+                        "string and every list item on a line of its own, e.g. one line per feature bullet "
+                        "(default: %(default)s)")
     p.add_argument("--cache-dir", help="where `datasets` caches downloads and Arrow files (default: its own)")
     p.add_argument("--output-dir", default="data/corpus", help="where to write the corpus (default: %(default)s)")
     p.add_argument("--validation-sample-size", type=float, default=0.1,
@@ -41,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=0, help="drop sentences longer than this; 0 = no limit (default)")
     p.add_argument("--max-rows", type=int, default=0, help="read at most this many rows; 0 = all (default)")
     p.add_argument("--streaming", action="store_true",
-                   help="stream hub/local datasets instead of converting them to Arrow first (TSVs always stream)")
+                   help="stream hub datasets and csv/parquet/.json-array files instead of converting them to Arrow "
+                        "first (TSV, JSON Lines and .txt files always stream)")
     p.add_argument("--num-proc", type=int, default=1,
-                   help="worker processes: whole files in parallel when several TSVs are given, else normalisation "
+                   help="worker processes: whole files in parallel when several TSV or JSON Lines files are given, "
+                        "else normalisation "
                         "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing corpus in --output-dir (only once the new one is complete; the staging "
@@ -71,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         max_rows=args.max_rows,
         streaming=args.streaming,
         num_proc=args.num_proc,
+        line_per=args.line_per,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

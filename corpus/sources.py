@@ -11,12 +11,15 @@ from typing import Iterator
 import numpy as np
 
 from common import PipelineError, UsageError
+from corpus.json_lines import JsonLinesBlocks
 from corpus.remote import expand_remote, is_remote, open_remote
 
 DEFAULT_TEXT_COLUMNS = ("product_title", "title", "text")  # tried in order when none is named
 DATASETS_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 TSV_SUFFIXES = (".tsv", ".tsv.gz")
 BATCH_ROWS = 10_000
+JSON_LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+BAD_LINES_NAMED = 5
 READ_BYTES = 1 << 20  # a TSV is read (and decompressed) this many file bytes at a time
 
 
@@ -27,9 +30,18 @@ class SourceStats:
     rows_read: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     repeats_in_workers: int = 0  # rows dropped as exact repeats inside per-file worker processes
+    bad_lines: list[dict] = field(default_factory=list)  # the first few lines dropped, by file and line number
+    columns: list[str] | None = None  # the columns read, once a reader has chosen them
+    note: str = ""  # what the user should know of those columns (a 2023 review file's `title`, say)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def drop_line(self, reason: str, path: str, line: int) -> None:
+        """Count a dropped line, and keep where it was if it is one of the first BAD_LINES_NAMED."""
+        self.drop(reason)
+        if len(self.bad_lines) < BAD_LINES_NAMED:
+            self.bad_lines.append({"file": path, "line": line, "reason": reason})
 
 
 def expand_data_files(patterns: list[str]) -> list[str]:
@@ -55,10 +67,12 @@ def file_kind(path: str) -> str:
     name = file_name(path).lower()
     if name.endswith(TSV_SUFFIXES):
         return "tsv"
+    if name.endswith(JSON_LINES_SUFFIXES):
+        return "jsonl"  # a .json file holding one array goes to `datasets` (read_row_batches)
     stem, ext = os.path.splitext(name[:-3] if name.endswith(".gz") else name)
     if ext in DATASETS_BUILDERS:
         return DATASETS_BUILDERS[ext]
-    raise UsageError(f"unsupported file type {path!r}; use .tsv(.gz), .csv, .json, .jsonl, .parquet or .txt")
+    raise UsageError(f"unsupported file type {path!r}; use .tsv(.gz), .jsonl(.gz), .json(.gz), .csv, .parquet or .txt(.gz)")
 
 
 def file_name(path: str) -> str:
@@ -87,7 +101,8 @@ def resolve_columns(requested: list[str] | None, available: list[str], where: st
     return requested
 
 
-def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[tuple[str, ...]]]:
+def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats,
+                    text: bool = True) -> Iterator[list[tuple[str, ...]]]:
     """Batches of rows (the wanted columns' values) from one Amazon Customer Reviews TSV, plain or gzipped.
 
     The format is tab separated with no quoting at all: a '"' is part of the text (12" Doll).
@@ -104,7 +119,7 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats) ->
             first = data.find(b"\n")
             header = _tsv_header(data[:first] if data else carry[: 1 << 16], path)
             data = data[first + 1 :] if data else b""
-            wanted = resolve_columns(columns, header, path)
+            wanted = stats.columns = resolve_columns(columns, header, path)
             index = [header.index(c) for c in wanted]
         if data:
             yield from _tsv_batches(data, index, len(header), stats)
@@ -131,14 +146,15 @@ def _text_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
     return data[:whole], data[whole:] + held
 
 
-def read_text_lines(path: str, columns: list[str] | None, stats: SourceStats) -> Iterator[list[tuple[str]]]:
+def read_text_lines(path: str, columns: list[str] | None, stats: SourceStats,
+                    text: bool = True) -> Iterator[list[tuple[str]]]:
     """Batches of 1-tuples, one per line of a plain or gzipped text file (its one column is 'text').
 
     Read like a TSV, in large blocks, rather than through `datasets`: no Arrow copy on disk, memory flat
     whatever the file's size, and a line with bad UTF-8 is counted and skipped instead of failing the run.
     Lines end as in Python's text mode (which `datasets` used): at "\n", "\r\n" or a lone "\r".
     """
-    resolve_columns(columns, ["text"], path)
+    stats.columns = resolve_columns(columns, ["text"], path)
     carry, first = b"", True
     for block in _read_ahead(path):
         if first and b"\x00" in block[: 1 << 16]:
@@ -160,6 +176,24 @@ def read_text_lines(path: str, columns: list[str] | None, stats: SourceStats) ->
         stats.rows_read += data.count(b"\n")
         for start in range(0, len(lines), BATCH_ROWS):
             yield [(line,) for line in lines[start : start + BATCH_ROWS]]
+
+
+def read_json_lines(path: str, columns: list[str] | None, stats: SourceStats,
+                    text: bool = True) -> Iterator[list[tuple]]:
+    """Batches of rows (the wanted keys' values) from a JSON Lines file, plain or gzipped, local or remote.
+
+    Read in large blocks like a TSV (no Arrow copy on disk, memory flat whatever the file's size); each
+    block's wanted keys are decoded by pyarrow, and a line that is not a JSON object, or whose wanted value
+    is not usable, is counted and skipped with its line number (corpus/json_lines.py). A dotted column
+    (details.Brand) reads a nested key. With `text`, values are strings or lists of strings.
+    """
+    parser, carry = JsonLinesBlocks(path, columns, stats, text), b""
+    for block in _read_ahead(path):
+        data, carry = whole_lines(carry, block)
+        if data:
+            rows = parser.rows(data)
+            for start in range(0, len(rows), BATCH_ROWS):
+                yield rows[start : start + BATCH_ROWS]
 
 
 def _tsv_header(line: bytes, path: str) -> list[str]:
@@ -260,17 +294,36 @@ def _tsv_batches(data: bytes, index: list[int], n_fields: int,
             yield batch
 
 
-def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, where: str) -> Iterator[list[tuple]]:
+def read_hf_dataset(dataset, columns: list[str] | None, stats: SourceStats, where: str,
+                    text: bool = True) -> Iterator[list[tuple]]:
     """Batches of rows (the wanted columns' values) from a `datasets` Dataset or IterableDataset."""
     available = list(dataset.column_names or [])
     if not available:  # streaming datasets may only know their columns after the first row
         dataset = dataset._resolve_features()
         available = list(dataset.column_names)
     wanted = resolve_columns(columns, available, where)
+    stats.columns = wanted
+    if text:
+        for c in wanted:
+            _check_text_feature(c, (dataset.features or {}).get(c), where)
     for rows in dataset.select_columns(wanted).iter(batch_size=BATCH_ROWS):
         n = len(rows[wanted[0]])
         stats.rows_read += n
         yield list(zip(*(rows[c] for c in wanted)))
+
+
+def _check_text_feature(column: str, feature, where: str) -> None:
+    """A column of numbers or booleans is not text: one line naming its type (lists of strings are text)."""
+    import datasets
+
+    lists = (datasets.Sequence, getattr(datasets, "List", datasets.Sequence))  # List: datasets>=4
+    inner = feature.feature if isinstance(feature, lists) else feature
+    dtype = getattr(inner, "dtype", None)
+    if isinstance(inner, dict):
+        raise UsageError(f"column {column} of {where} holds objects, not text; choose a text column with --text-column")
+    if dtype is not None and dtype not in ("string", "large_string", "null"):
+        raise UsageError(f"column {column} of {where} holds {dtype} values, not text; choose a text column with "
+                         "--text-column")
 
 
 def load_local_dataset(files: list[str], builder: str, cache_dir: str | None, streaming: bool):
@@ -309,47 +362,82 @@ def _first_line(e: Exception) -> str:
 
 
 def read_row_batches(
-    data_files: list[str] | None,
+    files: list[str],
     dataset: str | None,
     dataset_config: str | None,
     columns: list[str] | None,
     stats: SourceStats,
     cache_dir: str | None = None,
     streaming: bool = False,
+    text: bool = True,
 ) -> Iterator[list[tuple]]:
-    """Batches of rows, each the tuple of the wanted columns' values, from a hub dataset or local files."""
+    """Batches of rows, each the tuple of the wanted columns' values, from a hub dataset or files.
+
+    `files` are paths as `expand_data_files` gives them: they are never expanded again (a name holding "[" or
+    "*" would be read as a glob). With `text`, the columns must hold text (strings or lists of strings).
+    """
     if dataset:
         for split in load_hub_dataset(dataset, dataset_config, cache_dir, streaming):
-            yield from read_hf_dataset(split, columns, stats, f"hub dataset {dataset!r}")
+            yield from read_hf_dataset(split, columns, stats, f"hub dataset {dataset!r}", text)
         return
-    files = expand_data_files(data_files or [])
     kinds = {file_kind(f) for f in files}
     if len(kinds) > 1:
         raise UsageError(f"--data-files mixes file types ({', '.join(sorted(kinds))}); pass one type per run")
     kind = kinds.pop()
+    if kind == "jsonl" and any(_is_json_array(f) for f in files):
+        kind = "json"  # a .json file holding one array: `datasets` reads it whole
     if kind in NATIVE_READERS:
         for f in files:
-            yield from NATIVE_READERS[kind](f, columns, stats)
+            yield from NATIVE_READERS[kind](f, columns, stats, text)
     else:
         loaded = load_local_dataset(files, kind, cache_dir, streaming)
-        yield from read_hf_dataset(loaded, columns, stats, f"{files[0]!r}")
+        yield from read_hf_dataset(loaded, columns, stats, f"{files[0]!r}", text)
 
 
-NATIVE_READERS = {"tsv": read_amazon_tsv, "text": read_text_lines}  # read in blocks by this module, not `datasets`
+def _is_json_array(path: str) -> bool:
+    """Whether a .json file holds one JSON array rather than one object per line."""
+    if not file_name(path).lower().endswith((".json", ".json.gz")):
+        return False
+    for block in _read_ahead(path):
+        if block.strip():
+            return block.lstrip().startswith(b"[")
+        if not block:
+            return False
+    return False
+
+
+NATIVE_READERS = {"tsv": read_amazon_tsv, "text": read_text_lines, "jsonl": read_json_lines}  # read in blocks here
 
 
 def read_text_batches(
-    data_files: list[str] | None,
+    files: list[str],
     dataset: str | None,
     dataset_config: str | None,
     columns: list[str] | None,
     stats: SourceStats,
     cache_dir: str | None = None,
     streaming: bool = False,
+    line_per: str = "row",
 ) -> Iterator[list[str]]:
-    """Batches of raw text: the wanted columns of each row joined with a space (missing values skipped)."""
-    for rows in read_row_batches(data_files, dataset, dataset_config, columns, stats, cache_dir, streaming):
-        if rows and len(rows[0]) == 1:
-            yield [v if isinstance(v, str) else "" for (v,) in rows]
+    """Batches of raw text. A list of strings is text too. With `line_per` "row", a row is one text: its
+    columns, and a list's items, joined with a space (missing values skipped). With "value", each string and
+    each list item is a text of its own (a row with none gives one empty text, so that it is counted)."""
+    for rows in read_row_batches(files, dataset, dataset_config, columns, stats, cache_dir, streaming):
+        if line_per == "value":
+            yield [t for row in rows for t in (_strings(row) or [""])]
+        elif rows and len(rows[0]) == 1 and all(isinstance(v, str) for (v,) in rows):
+            yield [v for (v,) in rows]
         else:
-            yield [" ".join(v for v in row if isinstance(v, str) and v) for row in rows]
+            yield [" ".join(_strings(row)) for row in rows]
+
+
+def _strings(row: tuple) -> list[str]:
+    """The non-empty strings of a row's values, a list's items in order."""
+    out = []
+    for value in row:
+        if isinstance(value, str):
+            if value:
+                out.append(value)
+        elif isinstance(value, list):
+            out.extend(v for v in value if isinstance(v, str) and v)
+    return out
