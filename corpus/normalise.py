@@ -5,8 +5,9 @@ import unicodedata
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|div|span|b|i|u|em|strong|li|ul|ol)\b[^>]*>", re.IGNORECASE)
 # Control characters (and U+FFFD) become spaces: tabs and newlines must never reach a
-# one-sentence-per-line file. Zero-width and bidi marks are dropped: they only fragment tokens.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffd]")
+# one-sentence-per-line file. So do lone surrogates, which JSON's "\\ud83d" escapes can leave behind
+# (they cannot be written as UTF-8). Zero-width and bidi marks are dropped: they only fragment tokens.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffd\ud800-\udfff]")
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
