@@ -1,7 +1,14 @@
-"""Benchmark step 1 against three references on a generated 1,000,000-row Amazon review TSV.
+"""Benchmark step 1 against three references on a generated 1,000,000-row Amazon review TSV, or on Amazon
+Reviews 2023 JSON Lines.
 
     python bench/corpus_throughput.py                 # 1M rows (and 2M for the memory check)
     python bench/corpus_throughput.py --rows 200000   # quicker
+    python bench/corpus_throughput.py --layout 2023   # 1M and 5M review lines of Amazon Reviews 2023, gzipped
+
+The 2023 layout (see bench_2023): step 1 with defaults (column `title`) and with --text-column text, against
+j2, a plain loop (json.loads per line, the same normalisation, a set of texts) and j3, the floor (decompress
+and split lines), and with `datasets`' cache pointed at an empty directory that must stay empty. Targets: at
+least 3x j2, within 1.5x of j3, peak RSS at 5M lines at most 1.2x that at 1M.
 
 Two inputs: generated rows (titles repeated over a product's reviews, as in the dump), and the same with
 one title in three made new (a suffix with an HTML entity), where per-title work dominates.
@@ -83,6 +90,82 @@ def generate(path: str, rows: int, seed: int, distinct_share: float = 0.0) -> No
             written += len(block)
 
 
+EMOJI = ["\U0001F60D", "\U0001F44D", "\u2764\ufe0f", "\U0001F602", "\U0001F1FA\U0001F1F8"]
+
+
+def generate_2023(path: str, rows: int, seed: int) -> None:
+    """Amazon Reviews 2023 review lines (raw/review_categories/<Category>.jsonl.gz) as json.dumps writes them: the
+    official keys in order; a headline (`title`) that is one of a few common ones half the time; a `text` of
+    Zipf-distributed words with a log-normal length (median ~200 bytes, a tail to 15 kB) joined by spaces or
+    `<br />`, with `&#34;` entities, accented words (\\u escapes) and emoji (surrogate pairs); an `images` list of
+    objects on one review in ten. Sentences are drawn from a pool so that millions of lines generate quickly."""
+    import json
+
+    rng = random.Random(seed)
+    words = vocabulary(rng)
+    weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
+    pool = [review_text(rng, words, weights, "this", 8).replace("<br />", " ") for _ in range(50_000)]
+    for i in range(0, len(pool), 10):
+        pool[i] = pool[i].replace("a", "\u00e9", 1)
+        pool[i + 1] = pool[i + 1].replace(" ", " &#34;", 2)
+        pool[i + 2] = pool[i + 2] + " " + EMOJI[i % len(EMOJI)]
+    headlines = ["Five Stars", "Great product", "Love it!", "Four Stars", "Works great", "Perfect", "Disappointed",
+                 "Good value", "Nice", "Exactly as described", "One Star", "Three Stars", "Awesome", "Not worth it"]
+    user = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as f:
+        lines = []
+        for i in range(rows):
+            n = max(1, min(300, round(rng.lognormvariate(0, 1.0) * 2.5)))
+            text = rng.choice((" ", " ", "<br />", "<br /><br />")).join(rng.choices(pool, k=n))[:15_000]
+            headline = rng.choice(headlines) if rng.random() < 0.5 else rng.choice(pool)[:50].rstrip(" .!?")
+            asin = f"B0{rng.getrandbits(40):010X}"
+            images = [] if rng.random() < 0.9 else [
+                {k: f"https://m.media-amazon.com/images/I/{rng.getrandbits(48):x}._SL{size}_.jpg"
+                 for k, size in (("small_image_url", 256), ("medium_image_url", 800), ("large_image_url", 1600))}
+                | {"attachment_type": "IMAGE"} for _ in range(rng.randint(1, 3))]
+            lines.append(json.dumps({
+                "rating": float(rng.randint(1, 5)), "title": headline, "text": text, "images": images, "asin": asin,
+                "parent_asin": asin, "user_id": "AE" + "".join(rng.choices(user, k=26)),
+                "timestamp": rng.randrange(1_300_000_000_000, 1_690_000_000_000),
+                "helpful_vote": rng.choice((0, 0, 0, 1, 2, 5)), "verified_purchase": rng.random() < 0.9}))
+            if len(lines) == 10_000:
+                f.write(("\n".join(lines) + "\n").encode())
+                lines = []
+        if lines:
+            f.write(("\n".join(lines) + "\n").encode())
+
+
+def j2_plain_loop(path: str, out: str, column: str) -> int:
+    """A plain loop over a JSON Lines file: json.loads per line, the same normalisation, a set of texts."""
+    import json
+
+    from corpus.normalise import normalise_text
+    from corpus.splitting import is_validation, sentence_hash
+
+    seen, n = set(), 0
+    files = {s: open(os.path.join(out, f"{s}.txt"), "w", encoding="utf-8") for s in ("train", "validation")}
+    with gzip.open(path, "rb") as f:
+        for line in f:
+            n += 1
+            text = normalise_text(json.loads(line).get(column) or "")
+            if not text or text in seen:
+                continue
+            seen.add(text)
+            files["validation" if is_validation(sentence_hash(text, 42), 0.1) else "train"].write(text + "\n")
+    for f in files.values():
+        f.close()
+    return n
+
+
+def j3_floor(path: str, out: str) -> int:
+    """Decompressing the file and splitting its lines, nothing else."""
+    n = 0
+    with gzip.open(path, "rb") as f:
+        for _ in f:
+            n += 1
+    return n
+
+
 def r1_datasets_row_by_row(path: str, out: str) -> int:
     import csv
 
@@ -143,17 +226,19 @@ def r3_floor(path: str, out: str) -> int:
     return n - 1
 
 
-REFERENCES = {"r1": r1_datasets_row_by_row, "r2": r2_plain_loop, "r3": r3_floor}
+REFERENCES = {"r1": r1_datasets_row_by_row, "r2": r2_plain_loop, "r3": r3_floor,
+              "j2_title": lambda path, out: j2_plain_loop(path, out, "title"),
+              "j2_text": lambda path, out: j2_plain_loop(path, out, "text"), "j3": j3_floor}
 
 
-def measure(command: list[str]) -> tuple[float, float, str]:
+def measure(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
     """Wall seconds and peak RSS (MiB, largest process) of a fresh subprocess.
 
     Linux carries a parent's peak RSS at fork into the child's figure, so this process stays small:
     inputs are generated in a subprocess of their own.
     """
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     output = proc.stdout.read() + proc.stderr.read()
@@ -162,12 +247,61 @@ def measure(command: list[str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, output
 
 
+def bench_2023(args: argparse.Namespace) -> None:
+    """Step 1 on Amazon Reviews 2023 review lines, gzipped, as a user runs it: defaults (the `title` column, the
+    review's headline) and --text-column text (the review), one process; the references in the same run."""
+    inputs = {}
+    for rows, seed in ((args.rows, 1), (5 * args.rows, 2)):
+        path = os.path.join(args.workdir, f"reviews2023_{rows}.jsonl.gz")
+        if not os.path.exists(path):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--generate-2023", path, str(rows), str(seed)], check=True)
+            print(f"generated {path} ({os.path.getsize(path) / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr)
+        inputs[rows] = path
+    cache = os.path.join(args.workdir, "hf_home")  # where `datasets` would put an Arrow copy: it must stay empty
+    subprocess.run(["rm", "-rf", cache])
+    env = {**os.environ, "HF_HOME": cache, "HF_DATASETS_CACHE": os.path.join(cache, "datasets")}
+    results = {}
+    for rows, path in inputs.items():
+        for column in ("title", "text"):
+            extra = [] if column == "title" else ["--text-column", "text"]
+            out = os.path.join(args.workdir, f"out2023_{column}")
+            results[f"ours_{column}_{rows}"] = measure(
+                [sys.executable, "corpus/run_corpus_generation.py", "--data-files", path, "--output-dir", out,
+                 "--overwrite", "--no-progress", *extra], env)[:2]
+    path = inputs[args.rows]
+    for name in ("j2_title", "j2_text", "j3"):
+        out = os.path.join(args.workdir, f"out2023_{name}")
+        subprocess.run(["rm", "-rf", out])
+        results[name] = measure([sys.executable, __file__, "--reference", name, "--input", path, "--out", out])[:2]
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(cache) for f in files]
+    print(f"\n{'run':<28}{'seconds':>9}{'lines/s':>12}{'peak RSS MiB':>14}")
+    for name, (seconds, rss) in results.items():
+        rows = 5 * args.rows if name.endswith(f"_{5 * args.rows}") else args.rows
+        print(f"{name:<28}{seconds:>9.1f}{rows / seconds:>12,.0f}{rss:>14.0f}")
+    print()
+    floor = results["j3"][0]
+    for column in ("title", "text"):
+        mine, (big, big_rss) = results[f"ours_{column}_{args.rows}"], results[f"ours_{column}_{5 * args.rows}"]
+        faster, of_floor, rss = results[f"j2_{column}"][0] / mine[0], mine[0] / floor, big_rss / mine[1]
+        ok = "met" if faster >= 3 and of_floor <= 1.5 and rss <= 1.2 else "NOT met"
+        print(f"--text-column {column}{' (default)' if column == 'title' else ''}: {faster:.2f}x as fast as the plain "
+              f"json.loads loop, {of_floor:.2f}x the floor's time (decompress and split lines); peak RSS at "
+              f"{5 * args.rows:,} lines {rss:.2f}x that at {args.rows:,} (targets >= 3x, <= 1.5x, <= 1.2x: {ok})")
+    print(f"files written to the datasets cache: {len(leftovers)}" + (f" ({leftovers[:3]})" if leftovers else ""))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the main input (default: %(default)s)")
     p.add_argument("--num-proc", type=int, default=os.cpu_count() or 1, help="our --num-proc (default: cores)")
     p.add_argument("--workdir", default="/tmp/bench_corpus", help="scratch directory (default: %(default)s)")
     p.add_argument("--skip-r1", action="store_true", help="skip the slow 2021-demo reference")
+    p.add_argument("--layout", choices=("tsv", "2023"), default="tsv",
+                   help="tsv: the older Amazon TSV dump (default); 2023: Amazon Reviews 2023 review lines, gzipped "
+                        "JSON Lines, --rows and 5 x --rows of them")
+    p.add_argument("--generate-2023", nargs=3, help=argparse.SUPPRESS)  # internal: PATH ROWS SEED
     p.add_argument("--reference", choices=REFERENCES, help=argparse.SUPPRESS)  # internal: run one reference
     p.add_argument("--generate", nargs=4, help=argparse.SUPPRESS)  # internal: PATH ROWS SEED DISTINCT_SHARE
     p.add_argument("--input", help=argparse.SUPPRESS)
@@ -176,11 +310,17 @@ def main() -> None:
     if args.generate:
         generate(args.generate[0], int(args.generate[1]), int(args.generate[2]), float(args.generate[3]))
         return
+    if args.generate_2023:
+        generate_2023(args.generate_2023[0], int(args.generate_2023[1]), int(args.generate_2023[2]))
+        return
     if args.reference:
         os.makedirs(args.out, exist_ok=True)
         print(REFERENCES[args.reference](args.input, args.out))
         return
     os.makedirs(args.workdir, exist_ok=True)
+    if args.layout == "2023":
+        bench_2023(args)
+        return
     inputs = {}
     for name, rows, seed, share in (("main", args.rows, 1, 0.0), ("double", 2 * args.rows, 2, 0.0),
                                     ("distinct", args.rows, 3, 1 / 3)):

@@ -2,6 +2,7 @@
 import itertools
 import os
 import pickle
+import shlex
 import shutil
 import sys
 import time
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
 from corpus.remote import describe_remote, is_remote
-from corpus.sources import BAD_LINES_NAMED, SourceStats, expand_data_files, file_kind, read_text_batches
+from corpus.sources import (BAD_LINES_NAMED, SourceStats, expand_data_files, file_kind, read_text_batches,
+                            script_dataset_files)
 from corpus.dedup import SentenceSpill
 from corpus.splitting import RepeatFilter, sentence_hashes, validation_mask
 from corpus.writing import ShardWriter, check_output_dir, staging_dir, write_manifest
@@ -143,6 +145,12 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     """Write OUTPUT/train and OUTPUT/validation shards plus manifest.json; return the manifest."""
     validate_config(cfg)
     check_output_dir(cfg.output_dir, cfg.overwrite)
+    if cfg.dataset and (files := script_dataset_files(cfg.dataset, cfg.dataset_config)):
+        columns = ",".join(cfg.text_columns) if cfg.text_columns else files[1]
+        raise UsageError(
+            f"hub dataset {cfg.dataset!r} is a loading script, which `datasets` no longer runs (since 4.0); its files "
+            f"are read directly: python corpus/run_corpus_generation.py --data-files '{files[0]}' --text-column "
+            f"{columns} --output-dir {shlex.quote(cfg.output_dir)}")
     stats = SourceStats()
     files = expand_data_files(cfg.data_files) if cfg.data_files else []  # once: a path is never globbed again
     batches = read_text_batches(

@@ -20,6 +20,7 @@ TSV_SUFFIXES = (".tsv", ".tsv.gz")
 BATCH_ROWS = 10_000
 JSON_LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 BAD_LINES_NAMED = 5
+AMAZON_2023 = "McAuley-Lab/Amazon-Reviews-2023"  # a loading script on the hub: its JSON Lines files are read instead
 READ_BYTES = 1 << 20  # a TSV is read (and decompressed) this many file bytes at a time
 
 
@@ -349,11 +350,27 @@ def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, strea
     try:
         loaded = datasets.load_dataset(name, config, cache_dir=cache_dir, streaming=streaming)
     except Exception as e:  # offline, missing, gated or script-based: all end the same way
+        if "scripts are no longer supported" in str(e):
+            raise UsageError(
+                f"hub dataset {name!r} is a loading script, which `datasets` no longer runs (since 4.0); read its "
+                f"data files instead: --data-files 'hf://datasets/{name}/PATH' (globs work)") from None
         raise PipelineError(
             f"could not load hub dataset {name!r} ({_first_line(e)}); if the hub is unreachable or the "
             "dataset needs a loading script, download its data files and pass them with --data-files"
         ) from e
     return [loaded[s] for s in loaded]
+
+
+def script_dataset_files(name: str, config: str | None) -> tuple[str, str] | None:
+    """(the --data-files, the --text-column) that read what a known script-based hub dataset's config holds."""
+    if name != AMAZON_2023:
+        return None
+    root = f"hf://datasets/{AMAZON_2023}/raw"
+    if config and config.startswith("raw_meta_"):
+        return f"{root}/meta_categories/meta_{config.removeprefix('raw_meta_')}.jsonl", "title"
+    if config and config.startswith("raw_review_"):
+        return f"{root}/review_categories/{config.removeprefix('raw_review_')}.jsonl", "text"
+    return f"{root}/meta_categories/meta_*.jsonl", "title"  # every category's product titles
 
 
 def _first_line(e: Exception) -> str:

@@ -172,3 +172,24 @@ def test_a_lone_surrogate_escape_becomes_a_space(tmp_path):
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r).replace("\\\\", "\\") + "\n" for r in rows))
     lines, _ = run(tmp_path, tmp_path / "t.jsonl")
     assert sorted(lines) == sorted(f"Half an emoji {i}" for i in range(30))
+
+
+def test_the_amazon_2023_hub_dataset_is_refused_with_the_command_that_reads_its_files(tmp_path):
+    with pytest.raises(UsageError, match=r"is a loading script, which `datasets` no longer runs .* --data-files "
+                       r"'hf://datasets/McAuley-Lab/Amazon-Reviews-2023/raw/review_categories/Toys_and_Games.jsonl' "
+                       r"--text-column text --output-dir "):
+        generate_corpus(CorpusConfig(output_dir=str(tmp_path / "out"), dataset="McAuley-Lab/Amazon-Reviews-2023",
+                                     dataset_config="raw_review_Toys_and_Games", progress=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_script_based_hub_dataset_is_a_one_line_error_saying_why(tmp_path, monkeypatch):
+    import datasets
+
+    def load_dataset(*args, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found squad_old.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(UsageError, match=r"'someone/squad_old' is a loading script.*--data-files 'hf://datasets/"
+                       r"someone/squad_old/PATH'"):
+        generate_corpus(CorpusConfig(output_dir=str(tmp_path / "out"), dataset="someone/squad_old", progress=False))
