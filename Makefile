@@ -42,9 +42,10 @@ test: install
 	$(PY) -m pytest
 
 # Each direct dependency at its lower bound (.ci/lowest.txt), in a fresh venv so that nothing newer lingers;
-# the tests cover training, resume, export and the corpus readers (datasets).
+# the tests cover training, resume, export and the corpus readers (datasets, pyarrow, fsspec, huggingface_hub).
 LOWEST ?= .venv-lowest
-LOWEST_TESTS ?= tests/test_end_to_end.py tests/test_exact_resume.py tests/test_reliability.py tests/test_corpus.py
+LOWEST_TESTS ?= tests/test_end_to_end.py tests/test_exact_resume.py tests/test_reliability.py tests/test_corpus.py \
+	tests/test_json_lines.py tests/test_remote.py
 
 $(LOWEST)/.installed: pyproject.toml .ci/lowest.txt
 	rm -rf $(LOWEST)

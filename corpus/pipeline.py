@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
-from corpus.remote import describe_remote, is_remote
+from corpus.remote import describe_remote, is_remote, redact
 from corpus.sources import (BAD_LINES_NAMED, SourceStats, expand_data_files, file_kind, read_text_batches,
                             script_dataset_files)
 from corpus.dedup import SentenceSpill
@@ -228,12 +228,13 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             raise PipelineError(
                 f"only {kept} unique sentences, none fell into validation; use more data or a larger --validation-sample-size"
             )
+        redacted = [redact(f) for f in cfg.data_files] if cfg.data_files else cfg.data_files
         manifest = {
-            "source": {"data_files": cfg.data_files, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config,
+            "source": {"data_files": redacted, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config,
                        "files": [f for f in files if not is_remote(f)],
                        "remote_files": describe_remote(remote) if (remote := [f for f in files if is_remote(f)]) else [],
                        "text_columns": stats.columns or cfg.text_columns},
-            "arguments": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "arguments": {k: v for k, v in asdict(cfg).items() if k != "progress"} | {"data_files": redacted},
             "rows_read": rows_read,
             "rows_kept": kept,
             "dropped": dict(sorted(dropped.items())),
