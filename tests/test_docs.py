@@ -1,5 +1,6 @@
 """The README and docs/: the quick path runs as written, links resolve, no machine's paths, a short README."""
 import glob
+import json
 import os
 import re
 import shlex
@@ -127,3 +128,56 @@ def test_readme_links_resolve():
 def test_readme_is_short():
     lines = len(open(README, encoding="utf-8").read().splitlines())
     assert lines <= 200, f"README.md has {lines} lines: keep it a newcomer's path, detail goes to docs/"
+
+
+OWN_DATA_MARKER = "<!-- own-data"
+
+
+def own_data_commands() -> list[list[str]]:
+    """The commands of the fenced bash block that follows the own-data marker in README.md, as argv lists."""
+    after = open(README, encoding="utf-8").read().split(OWN_DATA_MARKER, 1)[1]
+    block = re.search(r"^```bash\n(.*?)^```", after, re.S | re.M)
+    return [argv for line in block.group(1).replace("\\\n", " ").splitlines() if (argv := shlex.split(line, comments=True))]
+
+
+def test_readme_own_data_examples_run(tmp_path):
+    """Each "Run it on your own data" command, run as written from a directory holding files in the official
+    layouts, with a local stand-in for the hub (HF_ENDPOINT): each reads what its comment says."""
+    from amazon2023 import meta_rows, review_rows, write_jsonl
+    from corpus.normalise import normalise_text
+    from corpus.sample_data import write_sample_reviews
+    from test_remote import AMAZON, FakeHub
+
+    def jsonl(rows):
+        return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+    meta, beauty, appliances = meta_rows(200, seed=1), review_rows(150, seed=2), review_rows(150, seed=3)
+    hub_files = {"raw/meta_categories/meta_All_Beauty.jsonl": jsonl(meta),
+                 "raw/review_categories/All_Beauty.jsonl": jsonl(beauty),
+                 "raw/review_categories/Appliances.jsonl": jsonl(appliances)}
+    (tmp_path / "raw" / "meta_categories").mkdir(parents=True)
+    write_jsonl(str(tmp_path / "raw" / "meta_categories" / "meta_All_Beauty.jsonl"), meta)
+    (tmp_path / "reviews").mkdir()
+    write_sample_reviews(str(tmp_path / "reviews" / "amazon_reviews_us_Baby_v1_00.tsv.gz"), n_products=200, seed=5)
+    commands = own_data_commands()
+    assert len(commands) == 4 and all(argv[:2] == ["python", "corpus/run_corpus_generation.py"] for argv in commands)
+    with FakeHub({AMAZON: hub_files}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home")}
+        for argv in commands:
+            cmd = [sys.executable, os.path.join(REPO, argv[1]), *argv[2:], "--no-progress"]
+            result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stderr[-3000:]}"
+
+    def lines(name: str) -> set[str]:
+        return {line for split in ("train", "validation") for f in (tmp_path / "data" / name / split).iterdir()
+                for line in f.read_text(encoding="utf-8").splitlines()}
+
+    def normalised(texts) -> set[str]:
+        return {s for s in map(normalise_text, texts) if s}
+
+    assert lines("titles") == normalised(r["title"] for r in meta)
+    assert lines("reviews") == normalised(r["text"] for r in beauty + appliances)
+    assert lines("items") == normalised(" ".join([r["title"], *r["features"], *r["description"]]) for r in meta)
+    assert json.loads((tmp_path / "data" / "corpus" / "manifest.json").read_text())["rows_kept"] > 100
+    manifest = json.loads((tmp_path / "data" / "reviews" / "manifest.json").read_text())
+    assert [f["revision"] for f in manifest["source"]["remote_files"]] == [hub.main[AMAZON]] * 2
