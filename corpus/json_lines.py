@@ -7,7 +7,6 @@ objects) is parsed again line by line with `json.loads`, which finds the lines a
 The first lines of a file are parsed one by one too: they type the wanted keys and tell a JSON Lines file
 from something else.
 """
-import io
 import json
 from typing import Any
 
@@ -64,21 +63,23 @@ class JsonLinesBlocks:
 
     def rows(self, data: bytes) -> list[tuple]:
         """The rows of a block of whole lines (it ends with b"\\n"), in order, bad lines left out."""
-        first, self.line = self.line, self.line + data.count(b"\n")
+        lines = data.count(b"\n")
+        first, self.line = self.line, self.line + lines
         if self.parse_options is None:
-            return self._first_block(data, first)
+            return self._first_block(data, first, lines)
         try:
-            return self._fast(data)
+            return self._fast(data, lines)
         except Exception:  # pyarrow refused the block (ArrowInvalid, a UnicodeDecodeError): find the lines at fault
             return self._slow(data, first)
 
-    def _fast(self, data: bytes) -> list[tuple]:
+    def _fast(self, data: bytes, lines: int) -> list[tuple]:
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.json as pj
 
         options = pj.ReadOptions(use_threads=False, block_size=len(data) + 1)  # one chunk: lines never straddle
-        table = pj.read_json(io.BytesIO(data), read_options=options, parse_options=self.parse_options)
-        if table.num_rows != data.count(b"\n"):  # a blank line, or two objects on one: count lines one by one
+        table = pj.read_json(pa.BufferReader(data), read_options=options, parse_options=self.parse_options)
+        if table.num_rows != lines:  # a blank line, or two objects on one: count lines one by one
             raise ValueError("rows are not lines")
         columns = []
         for path in self.paths:
@@ -113,7 +114,7 @@ class JsonLinesBlocks:
                 self.stats.drop_line("bad_type", self.path, number)
         return rows
 
-    def _first_block(self, data: bytes, first: int) -> list[tuple]:
+    def _first_block(self, data: bytes, first: int, lines: int) -> list[tuple]:
         """Check the file's first lines, choose and type the columns, then parse the block."""
         sample, bad = [], 0
         for line in data.split(b"\n", JSON_SAMPLE_LINES)[:JSON_SAMPLE_LINES]:
@@ -139,7 +140,7 @@ class JsonLinesBlocks:
                                "titles")
         self.parse_options = self._parse_options(sample)
         try:
-            return self._fast(data)
+            return self._fast(data, lines)
         except Exception:
             return self._slow(data, first)
 

@@ -188,13 +188,23 @@ def read_json_lines(path: str, columns: list[str] | None, stats: SourceStats,
     is not usable, is counted and skipped with its line number (corpus/json_lines.py). A dotted column
     (details.Brand) reads a nested key. With `text`, values are strings or lists of strings.
     """
-    parser, carry = JsonLinesBlocks(path, columns, stats, text), b""
-    for block in _read_ahead(path):
-        data, carry = whole_lines(carry, block)
-        if data:
-            rows = parser.rows(data)
-            for start in range(0, len(rows), BATCH_ROWS):
-                yield rows[start : start + BATCH_ROWS]
+    def parsed() -> Iterator[list[tuple]]:
+        parser, carry = JsonLinesBlocks(path, columns, stats, text), b""
+        for block in _read_ahead(path):
+            cut = block.rfind(b"\n") + 1 if block else 0
+            if block and not cut:
+                carry += block
+                continue
+            # whole_lines' work, copying the block once: these copies are the whole file's size
+            data = b"".join((carry, memoryview(block)[:cut])) if block else (carry + b"\n" if carry else b"")
+            carry = block[cut:]
+            if data:
+                yield parser.rows(data)
+
+    # pyarrow parses in a thread of its own (without the GIL), between the thread that inflates and this one
+    for rows in in_background(parsed(), depth=2):
+        for start in range(0, len(rows), BATCH_ROWS):
+            yield rows[start : start + BATCH_ROWS]
 
 
 def _tsv_header(line: bytes, path: str) -> list[str]:
@@ -225,31 +235,38 @@ def _decompressed(path: str, chunk_bytes: int) -> Iterator[bytes]:
             raise EOFError("it ends before its end-of-stream marker: the file is truncated")
 
 
+def in_background(items: Iterator, depth: int = 4) -> Iterator:
+    """The items of `items`, produced ahead by a background thread; its errors are raised here, in order."""
+    ahead: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ahead.put((item, None))
+            ahead.put((done, None))
+        except BaseException as e:  # every error reaches the caller: a thread that died silently would hang it
+            ahead.put((done, e))
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item, error = ahead.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
+
+
 def _read_ahead(path: str, depth: int = 4) -> Iterator[bytes]:
     """`_decompressed(path)`, produced by a background thread, then a final b""."""
-    blocks: queue.Queue = queue.Queue(depth)
-
-    def reader() -> None:
-        try:
-            for block in _decompressed(path, READ_BYTES):
-                if block:
-                    blocks.put(block)
-            blocks.put(b"")
-        except BaseException as e:  # every error reaches the caller: a thread that died silently would hang it
-            blocks.put(e)
-
-    threading.Thread(target=reader, daemon=True).start()
-    while True:
-        block = blocks.get()
-        if isinstance(block, BaseException):
-            if isinstance(block, (UsageError, PipelineError)) or not isinstance(block, (OSError, EOFError, zlib.error)):
-                raise block
-            if not isinstance(block, OSError) or block.errno is None:
-                raise UsageError(f"{path!r} is not a readable gzip or text file ({block}); check --data-files")
-            raise PipelineError(f"could not read {path!r}: {block.strerror}; check the file") from block
-        yield block
-        if not block:
-            return
+    try:
+        yield from in_background((block for block in _decompressed(path, READ_BYTES) if block), depth)
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise PipelineError(f"could not read {path!r}: {e.strerror}; check the file") from e
+        raise UsageError(f"{path!r} is not a readable gzip or text file ({e}); check --data-files") from e
+    yield b""
 
 
 def _tsv_batches(data: bytes, index: list[int], n_fields: int,
@@ -442,8 +459,8 @@ def read_text_batches(
     for rows in read_row_batches(files, dataset, dataset_config, columns, stats, cache_dir, streaming):
         if line_per == "value":
             yield [t for row in rows for t in (_strings(row) or [""])]
-        elif rows and len(rows[0]) == 1 and all(isinstance(v, str) for (v,) in rows):
-            yield [v for (v,) in rows]
+        elif rows and len(rows[0]) == 1 and set(map(type, texts := [v for (v,) in rows])) == {str}:
+            yield texts
         else:
             yield [" ".join(_strings(row)) for row in rows]
 
