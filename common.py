@@ -57,18 +57,38 @@ def run_main(main: Callable[[], None]) -> int:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write `data` as JSON under a temporary name of its own, then rename it: a reader sees the old file or the
-    new one, two writers never share a half-written file, and a failed write leaves nothing behind."""
+    """Write `data` as JSON under a temporary name of its own, then rename it durably: a reader sees the old file
+    or the new one, two writers never share a half-written file, a failed write leaves nothing behind, and
+    neither a killed process nor a lost machine leaves an empty or torn file."""
     temporary = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"  # not mkstemp's: its files are private (0600)
     f = open(temporary, "x", encoding="utf-8")
     try:
         with f:  # ASCII escapes: a path of undecodable bytes (a lone surrogate in Python) still writes, reads back
             json.dump(data, f, indent=2)
             f.write("\n")
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
+
+
+def replace_durably(temporary: str, path: str) -> None:
+    """os.replace(temporary, path), on disk when it returns. A rename alone survives a killed process, not a
+    power cut: the new name can reach the disk before the data, leaving an empty file. So, as databases do,
+    the file is fsynced before the rename and its directory after it."""
+    fsync_path(temporary)
+    os.replace(temporary, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by its name (a directory: its entries, such as a rename in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def publish(staging: str, output_dir: str) -> None:

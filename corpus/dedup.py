@@ -2,13 +2,15 @@
 
 Sentences and their 64-bit hashes spill to disk as they come. Once the stream ends, the hash space is
 cut into ranges small enough to sort in memory: each range's (hash, position) pairs are sorted and the
-first position of every hash is marked. The spilled sentences are then read back in order with their
-marks. Memory: one byte a spilled sentence for the marks, and one range's pairs and a window of recent
+first position of every hash is marked; a pass over the hashes cuts the pairs of up to OPEN_RANGES ranges,
+a file each, so that any corpus keeps few files open. The spilled sentences are then read back in order with
+their marks. Memory: one byte a spilled sentence for the marks, and one range's pairs and a window of recent
 hashes (a few dozen MB) whatever the corpus; disk: the spilled sentences once more, and 24 bytes each, in
 the staging directory. Copies of a sentence close together (a title over its reviews) are dropped before
 the spill, so that it holds about the distinct sentences.
 """
 import os
+import resource
 import shutil
 from typing import Iterator
 
@@ -17,7 +19,14 @@ import numpy as np
 from corpus.sources import whole_lines
 
 RANGE_SENTENCES = 1 << 20  # hashes sorted at once: ~40 MB with their positions and the sort's temporaries
+OPEN_RANGES = 128  # range files written in one pass over the hashes: under the usual `ulimit -n` (256 on macOS)
 READ_BYTES = 1 << 22
+
+
+def open_ranges() -> int:
+    """Range files to write at once: OPEN_RANGES, or a quarter of a lower limit on open files (the rest is others')."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return OPEN_RANGES if soft == resource.RLIM_INFINITY else max(1, min(OPEN_RANGES, soft // 4))
 
 
 class SentenceSpill:
@@ -62,30 +71,39 @@ class SentenceSpill:
         self.hashes.close()
         keep = np.zeros(self.count, dtype=bool)
         ranges = max(1, -(-self.count // RANGE_SENTENCES))
-        paths = [os.path.join(self.directory, f"range-{r}.bin") for r in range(ranges)]
-        files = [open(p, "wb") for p in paths]
-        try:  # one pass cuts the (hash, position) pairs into ranges of the hash space
+        step = open_ranges()
+        for first in range(0, ranges, step):
+            for path in self._cut(ranges, range(first, min(first + step, ranges))):
+                pairs = np.fromfile(path, dtype="<u8").reshape(-1, 2)
+                os.remove(path)
+                if len(pairs):  # positions are ascending within a hash: a stable sort puts the first one first
+                    order = np.argsort(pairs[:, 0], kind="stable")
+                    hashes = pairs[order, 0]
+                    first_copy = np.ones(len(hashes), dtype=bool)
+                    first_copy[1:] = hashes[1:] != hashes[:-1]
+                    keep[pairs[order[first_copy], 1]] = True
+        return keep
+
+    def _cut(self, ranges: int, group: range) -> list[str]:
+        """One pass over the hashes: the (hash, position) pairs of each range of `group` to a file of its own."""
+        paths = [os.path.join(self.directory, f"range-{r}.bin") for r in group]
+        files = []
+        try:
+            for path in paths:
+                files.append(open(path, "wb"))
             for start, hashes in self._hash_chunks():
                 which = ((hashes >> np.uint64(32)) * np.uint64(ranges)) >> np.uint64(32)
-                order = np.argsort(which, kind="stable")
-                pairs = np.empty((len(hashes), 2), dtype="<u8")
-                pairs[:, 0], pairs[:, 1] = hashes[order], order + start
-                bounds = np.searchsorted(which[order], np.arange(ranges + 1, dtype=np.uint64))
+                inside = np.flatnonzero((which >= group.start) & (which < group.stop))
+                inside = inside[np.argsort(which[inside], kind="stable")]
+                bounds = np.searchsorted(which[inside], np.arange(group.start, group.stop + 1, dtype=np.uint64))
+                pairs = np.empty((len(inside), 2), dtype="<u8")
+                pairs[:, 0], pairs[:, 1] = hashes[inside], inside + start
                 for r, f in enumerate(files):
                     pairs[bounds[r] : bounds[r + 1]].tofile(f)
         finally:
             for f in files:
                 f.close()
-        for path in paths:
-            pairs = np.fromfile(path, dtype="<u8").reshape(-1, 2)
-            os.remove(path)
-            if len(pairs):  # positions are ascending within a hash: a stable sort puts the first one first
-                order = np.argsort(pairs[:, 0], kind="stable")
-                hashes = pairs[order, 0]
-                first = np.ones(len(hashes), dtype=bool)
-                first[1:] = hashes[1:] != hashes[:-1]
-                keep[pairs[order[first], 1]] = True
-        return keep
+        return paths
 
     def replay(self) -> Iterator[tuple[list[bytes], np.ndarray, int]]:
         """(encoded sentences, their hashes, position of the first) in the order they were added, in blocks."""

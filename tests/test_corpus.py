@@ -303,6 +303,37 @@ def test_spill_keeps_first_occurrences_in_order(tmp_path, monkeypatch, recent):
     assert not (tmp_path / "spill").exists()
 
 
+LOW_ULIMIT_SPILL = """
+import os, resource, sys
+import numpy as np
+import corpus.dedup
+from corpus.dedup import SentenceSpill
+
+corpus.dedup.RANGE_SENTENCES = 50
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))  # ulimit -n 64
+spill = SentenceSpill(sys.argv[1], recent=1)  # repeats left to the sort
+for batch in np.random.default_rng(2).integers(0, 8_000, (200, 100)).astype(np.uint64):
+    spill.add([str(h) for h in batch.tolist()], batch)
+keep = spill.first_occurrences()
+spilled = np.fromfile(os.path.join(sys.argv[1], "hashes.u64"), dtype="<u8")
+expected = np.zeros(len(spilled), dtype=bool)
+expected[np.unique(spilled, return_index=True)[1]] = True
+assert (keep == expected).all() and len(spilled) > 4 * 64 * corpus.dedup.RANGE_SENTENCES, len(spilled)
+"""
+
+
+def test_spill_keeps_few_files_open_whatever_the_number_of_ranges(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # ~20,000 sentences spilled in ranges of 50: ~400 range files, many more than the 64 the process may open
+    result = subprocess.run([sys.executable, "-c", LOW_ULIMIT_SPILL, str(tmp_path / "spill")], cwd=REPO,
+                            env=os.environ | {"PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_spill_memory_is_a_byte_a_sentence_whatever_the_corpus(tmp_path, monkeypatch):
     import tracemalloc
 

@@ -14,6 +14,48 @@ from conftest import REPO, TINY_MODEL, run_in_process, run_script, scalars
 from training.sampler import TrainingStream
 
 
+def record_renames_and_fsyncs(monkeypatch) -> list[tuple]:
+    """os.replace and os.fsync calls from now on, in order: ("replace", destination) and ("fsync", dev, inode)."""
+    events, replace, fsync = [], os.replace, os.fsync
+
+    def recording_replace(src, dst, **kwargs):
+        replace(src, dst, **kwargs)
+        events.append(("replace", os.fspath(dst)))
+
+    def recording_fsync(fd):
+        fsync(fd)
+        events.append(("fsync", os.fstat(fd).st_dev, os.fstat(fd).st_ino))
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return events
+
+
+def assert_renamed_durably(events: list[tuple], path: str) -> None:
+    """The file was fsynced before its rename to `path`, and its directory after it."""
+    file, directory = (("fsync", s.st_dev, s.st_ino) for s in (os.stat(path), os.stat(os.path.dirname(path))))
+    renamed = events.index(("replace", path))
+    assert file in events[:renamed] and directory in events[renamed + 1 :], events
+
+
+def test_json_writes_reach_the_disk_before_and_after_their_rename(tmp_path, monkeypatch):
+    from common import write_json_atomic
+
+    events = record_renames_and_fsyncs(monkeypatch)
+    write_json_atomic(str(tmp_path / "run_config.json"), {"seed": 42})
+    assert_renamed_durably(events, str(tmp_path / "run_config.json"))
+
+
+def test_checkpoints_reach_the_disk_before_and_after_their_rename(tmp_path, monkeypatch):
+    from training.trainer_setup import AtomicCheckpointIO
+
+    events = record_renames_and_fsyncs(monkeypatch)
+    path = str(tmp_path / "checkpoints" / "last.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3, "weights": torch.arange(4)}, path)
+    assert_renamed_durably(events, path)
+    assert torch.load(path)["weights"].tolist() == [0, 1, 2, 3]
+
+
 def take(stream, n):
     return list(itertools.islice(iter(stream), n))
 

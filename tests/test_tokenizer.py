@@ -101,6 +101,47 @@ def test_memory_budget_parsing_refuses(text):
         parse_memory_budget(text)
 
 
+GIB, V1_NO_LIMIT, JOB = 1 << 30, "9223372036854771712", "system.slice/slurmstepd.scope/job_7"
+# A SLURM job (sbatch --mem=16G) under cgroup v2, under v1 (its memory controller beside an empty v2 tree, as
+# on hybrid systems), and a v1 container without a cgroup namespace (its own cgroup mounted as the root):
+# /proc/self/cgroup, /proc/self/mountinfo's cgroup mounts, the limit files and the limit expected.
+CGROUP_TREES = {
+    "v2": (f"0::/{JOB}/step_batch/user/task_0\n", [("/", "cg", "cgroup2 cgroup2 rw")],
+           {"cg/system.slice/memory.max": "max", "cg/system.slice/slurmstepd.scope/memory.max": str(32 * GIB),
+            f"cg/{JOB}/memory.max": str(16 * GIB), f"cg/{JOB}/step_batch/memory.max": "max",
+            f"cg/{JOB}/step_batch/user/task_0/memory.max": "max"}, 16 * GIB),
+    "v1": ("5:cpuacct,cpu:/slurm/job_7\n4:memory:/slurm/job_7/step_batch\n0::/\n",
+           [("/", "cg/unified", "cgroup2 cgroup2 rw"), ("/", "cg/cpu,cpuacct", "cgroup cgroup rw,cpu,cpuacct"),
+            ("/", "cg/memory", "cgroup cgroup rw,memory")],
+           {"cg/memory/memory.limit_in_bytes": V1_NO_LIMIT, "cg/memory/slurm/memory.limit_in_bytes": V1_NO_LIMIT,
+            "cg/memory/slurm/job_7/memory.limit_in_bytes": str(16 * GIB),
+            "cg/memory/slurm/job_7/step_batch/memory.limit_in_bytes": V1_NO_LIMIT,
+            "cg/cpu,cpuacct/slurm/job_7/memory.limit_in_bytes": str(GIB)}, 16 * GIB),  # not a memory hierarchy
+    "container": ("4:memory:/docker/abc\n", [("/docker/abc", "cg/memory", "cgroup cgroup rw,memory")],
+                  {"cg/memory/memory.limit_in_bytes": str(2 * GIB)}, 2 * GIB),
+    "none": ("0::/user.slice\n", [("/", "cg", "cgroup2 cgroup2 rw")], {"cg/user.slice/memory.max": "max"}, None),
+}
+
+
+@pytest.mark.parametrize("tree", CGROUP_TREES)
+def test_the_default_budget_takes_the_smallest_memory_limit_above_the_process(tmp_path, monkeypatch, tree):
+    import tokenizer.memory
+
+    cgroup, mounts, limits, expected = CGROUP_TREES[tree]
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "cgroup").write_text(cgroup)
+    (tmp_path / "self" / "mountinfo").write_text("".join(
+        f"{30 + i} 23 0:{30 + i} {root} {tmp_path / mount} rw,relatime - {options}\n"
+        for i, (root, mount, options) in enumerate([("/", "proc", "proc proc rw")] + mounts)))
+    for path, value in limits.items():
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        (tmp_path / path).write_text(value + "\n")
+    monkeypatch.setattr(tokenizer.memory, "PROC_SELF", str(tmp_path / "self"))
+    assert tokenizer.memory._cgroup_limit() == expected
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert tokenizer.memory.default_memory_budget() <= min(machine, expected or machine) // 2
+
+
 def test_a_budget_over_the_corpus_fits_on_a_uniform_sample_within_it(tmp_path):
     files = marked_corpus(tmp_path / "train", files=3, lines=2000)
     corpus_bytes = sum(os.path.getsize(f) for f in files)

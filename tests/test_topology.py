@@ -68,10 +68,25 @@ def test_a_torn_run_config_is_refused_and_no_resume_archives_it(tmp_path, torn):
     cfg = TrainingConfig(job_dir=str(tmp_path / "job"), train_path="", val_path="")
     os.makedirs(cfg.job_dir)
     (tmp_path / "job" / "run_config.json").write_bytes(torn.encode("latin-1"))
-    with pytest.raises(UsageError, match=r"cannot read .*run_config.json .*--no-resume archives it"):
+    with pytest.raises(UsageError, match=r"cannot read .*run_config.json .* no checkpoint to resume from: delete it, "
+                                         r"or pass --no-resume to archive it"):
         prepare_job_dir(cfg, {"seed": 42})
     assert (tmp_path / "job" / "run_config.json").read_bytes() == torn.encode("latin-1")  # left as it was
     prepare_job_dir(TrainingConfig(job_dir=cfg.job_dir, train_path="", val_path="", resume=False), {"seed": 42})
     archived = glob.glob(str(tmp_path / "job" / "previous-*" / "run_config.json"))
     assert [open(p, "rb").read() for p in archived] == [torn.encode("latin-1")]
     assert json.load(open(tmp_path / "job" / "run_config.json"))["identity"] == {"seed": 42}
+
+
+def test_a_torn_run_config_beside_a_checkpoint_says_how_to_resume_from_it(tmp_path):
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"an intact checkpoint")
+    (job / "run_config.json").write_text('{"identity": {"seed": 4')
+    cfg = TrainingConfig(job_dir=str(job), train_path="", val_path="")
+    with pytest.raises(UsageError, match=r"cannot read .*run_config.json .*; to resume from .*last.ckpt, restore "
+                                         r"run_config.json from a copy, or delete it and re-run .*or pass --no-resume"):
+        prepare_job_dir(cfg, {"seed": 42})
+    os.remove(job / "run_config.json")  # as the error says
+    assert prepare_job_dir(cfg, {"seed": 42}) == str(job / "checkpoints" / "last.ckpt")
+    assert json.load(open(job / "run_config.json"))["identity"] == {"seed": 42}

@@ -19,17 +19,56 @@ def parse_memory_budget(text: str) -> int:
     return budget
 
 
-def _cgroup_limit() -> int | None:
-    """The container's memory limit (cgroup v2 or v1), which /proc/meminfo does not show."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                value = f.read().strip()
-        except OSError:
+PROC_SELF = "/proc/self"
+NO_LIMIT = 1 << 60  # v2 writes "max"; v1 a number near 2**63
+
+
+def _cgroup_hierarchies() -> list[tuple[str, list[str], str]]:
+    """(mount point, this process's cgroup below it, limit file name) for cgroup v2 and v1's memory controller.
+
+    /proc/self/cgroup names the cgroup within each hierarchy; /proc/self/mountinfo says where that hierarchy
+    is mounted and which of its cgroups the mount shows (a container without a cgroup namespace sees its own
+    cgroup as the mount's root).
+    """
+    try:
+        with open(f"{PROC_SELF}/cgroup") as f:
+            cgroups = [line.rstrip("\n").split(":", 2) for line in f]
+        with open(f"{PROC_SELF}/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return []
+    found = []
+    for fields in mounts:
+        after = fields[fields.index("-") + 1 :]  # filesystem type, source, super options
+        root, mount_point = fields[3], fields[4]
+        if after[0] == "cgroup2":
+            paths, limit_file = [c[2] for c in cgroups if len(c) == 3 and c[0] == "0" and c[1] == ""], "memory.max"
+        elif after[0] == "cgroup" and "memory" in after[2].split(","):
+            paths = [c[2] for c in cgroups if len(c) == 3 and "memory" in c[1].split(",")]
+            limit_file = "memory.limit_in_bytes"
+        else:
             continue
-        if value.isdigit() and int(value) < 1 << 60:  # "max", or v1's huge number, means no limit
-            return int(value)
-    return None
+        for path in paths:
+            relative = os.path.relpath(path, root).split(os.sep)
+            below = [] if relative[0] in (os.curdir, os.pardir) else relative  # outside the mount: its root only
+            found.append((mount_point, below, limit_file))
+    return found
+
+
+def _cgroup_limit() -> int | None:
+    """The smallest memory limit on the way from this process's cgroup up to the root (cgroup v2 or v1), which
+    /proc/meminfo does not show: a batch job's (SLURM, a systemd slice) is deeper in the tree than the root."""
+    limits = []
+    for mount_point, below, limit_file in _cgroup_hierarchies():
+        for depth in range(len(below) + 1):
+            try:
+                with open(os.path.join(mount_point, *below[:depth], limit_file)) as f:
+                    value = f.read().strip()
+            except OSError:  # the root cgroup of v2 has no limit file
+                continue
+            if value.isdigit() and int(value) < NO_LIMIT:
+                limits.append(int(value))
+    return min(limits, default=None)
 
 
 def available_memory() -> int | None:
@@ -45,7 +84,7 @@ def available_memory() -> int | None:
 
 
 def default_memory_budget() -> int:
-    """Half of the machine's memory, or of what the container allows when that is less.
+    """Half of the machine's memory, or of the process's cgroup memory limit (a job's, a container's) if less.
 
     Not of what is free now: the budget decides the sample, so a rerun on the same machine must get the
     same one (`available_memory` is checked separately, for a warning).

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget",
                    help="most memory the fit may take, e.g. 4GiB, 512MiB, 2G (binary), 2GB (decimal) or a number "
                         "of MiB; a corpus that would need more is fitted on a uniform random sample of its lines "
-                        "that fits (default: half of this machine's memory, or of what the container allows if "
-                        f"less; here {format_bytes(default_memory_budget())}; pass it "
+                        "that fits (default: half of this machine's memory, or of the job's or container's memory "
+                        f"limit if less; here {format_bytes(default_memory_budget())}; pass it "
                         "explicitly for the same sample on any machine)")
     p.add_argument("--max-lines", type=int, default=0,
                    help="fit on at most this many lines, a uniform random sample of the whole corpus; "

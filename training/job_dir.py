@@ -33,7 +33,15 @@ def read_run_config(job_dir: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path} ({e}); --no-resume archives it and starts over, or use another --job-dir") from None
+        last = os.path.join(job_dir, "checkpoints", "last.ckpt")
+        if not os.path.isfile(last):
+            raise UsageError(f"cannot read {path} ({e}) and there is no checkpoint to resume from: delete it, or pass "
+                             "--no-resume to archive it, to start over; or use another --job-dir") from None
+        # --no-resume alone would archive a last.ckpt that is likely intact: say first how to go on from it.
+        raise UsageError(f"cannot read {path} ({e}); to resume from {last}, restore run_config.json from a copy, or "
+                         "delete it and re-run with the earlier run's flags (its --batch-size, --lr and "
+                         "--mlm-probability are then not carried over, nor its seed, model and data checked); "
+                         "or pass --no-resume to archive that run and start over, or use another --job-dir") from None
     return run
 
 

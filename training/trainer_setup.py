@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from transformers import RobertaConfig
 
-from common import UsageError
+from common import UsageError, replace_durably
 from training.devices import DevicePlan, peak_flops
 from training.model import flops_per_token
 
@@ -22,12 +22,13 @@ log = logging.getLogger("training")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint under a temporary name and rename it: a crash mid-write never truncates last.ckpt."""
+    """Write each checkpoint under a temporary name and rename it durably (see replace_durably): neither a crash
+    mid-write nor a lost machine leaves last.ckpt truncated or empty."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
         tmp = f"{path}.tmp"
         super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
 
 
 class StopRequested(Exception):
