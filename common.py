@@ -98,5 +98,6 @@ def publish(staging: str, output_dir: str) -> None:
         old = staging + ".old"
         os.replace(output_dir, old)
     os.replace(staging, output_dir)
+    fsync_path(os.path.dirname(os.path.abspath(output_dir)))  # the rename on disk before the old copy goes
     if old:
         shutil.rmtree(old, ignore_errors=True)

@@ -46,6 +46,18 @@ def test_json_writes_reach_the_disk_before_and_after_their_rename(tmp_path, monk
     assert_renamed_durably(events, str(tmp_path / "run_config.json"))
 
 
+def test_a_published_corpus_reaches_the_disk_before_the_old_one_goes(tmp_path, monkeypatch, sample_tsv):
+    from corpus.pipeline import CorpusConfig, generate_corpus
+
+    out = str(tmp_path / "corpus")
+    generate_corpus(CorpusConfig(output_dir=out, data_files=[sample_tsv], progress=False))
+    events = record_renames_and_fsyncs(monkeypatch)
+    generate_corpus(CorpusConfig(output_dir=out, data_files=[sample_tsv], progress=False, overwrite=True))
+    parent = os.stat(tmp_path)
+    renamed = events.index(("replace", out))
+    assert ("fsync", parent.st_dev, parent.st_ino) in events[renamed + 1 :], events
+
+
 def test_checkpoints_reach_the_disk_before_and_after_their_rename(tmp_path, monkeypatch):
     from training.trainer_setup import AtomicCheckpointIO
 
