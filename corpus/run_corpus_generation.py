@@ -13,9 +13,12 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from common import ArgumentParser, run_main
-from corpus.pipeline import CorpusConfig, generate_corpus
+
+if TYPE_CHECKING:
+    from corpus.pipeline import CorpusConfig
 
 SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "amazon_reviews_us_sample.tsv.gz")
 
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> CorpusConfig:
+def config_from_args(args: argparse.Namespace) -> "CorpusConfig":
+    from corpus.pipeline import CorpusConfig  # here, not above: --help and a bad flag answer without it
+
     no_input = not args.data_files and not args.dataset
     return CorpusConfig(
         output_dir=args.output_dir,
@@ -94,6 +99,8 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from corpus.pipeline import generate_corpus
+
     manifest = generate_corpus(config_from_args(args))
     summary = {k: manifest[k] for k in ("rows_read", "rows_kept", "duplicates_removed", "dropped")}
     summary.update({f"{s}_lines": manifest["splits"][s]["lines"] for s in manifest["splits"]})

@@ -12,12 +12,13 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from common import ArgumentParser, UsageError, run_main
-from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
-                               plan_fit, save_tokenizer)
 from tokenizer.memory import available_memory, default_memory_budget, format_bytes, parse_memory_budget
-from tokenizer.report import tokenizer_report
+
+if TYPE_CHECKING:
+    from tokenizer.fitting import FitPlan
 
 REPORT = "tokenizer_report.json"
 
@@ -56,6 +57,8 @@ def _validation_lines(train_corpus: str, validation_dir: str | None, limit: int 
         if not os.path.isdir(guess):
             return []
         validation_dir = guess
+    from tokenizer.fitting import corpus_files
+
     lines: list[str] = []
     for f in corpus_files(validation_dir):
         with open(f, encoding="utf-8") as fh:
@@ -65,7 +68,7 @@ def _validation_lines(train_corpus: str, validation_dir: str | None, limit: int 
     return lines[:limit]
 
 
-def describe(plan: FitPlan, budget: int) -> str:
+def describe(plan: "FitPlan", budget: int) -> str:
     """One line: what the fit uses out of the corpus, and why."""
     if not plan.sampled:
         return (f"fitting on all {plan.corpus_lines:,} lines ({format_bytes(plan.corpus_bytes)}): "
@@ -77,6 +80,11 @@ def describe(plan: FitPlan, budget: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Imported once the command line is parsed, so that --help and a bad flag answer at once.
+    from tokenizer.fitting import (LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
+                                   plan_fit, save_tokenizer)
+    from tokenizer.report import tokenizer_report
+
     out = args.output_dir
     if os.path.exists(os.path.join(out, "tokenizer.json")) and not args.overwrite:
         raise UsageError(f"{out!r} already holds a tokenizer; pass --overwrite to replace it or choose another --output-dir")

@@ -6,17 +6,20 @@ import argparse
 import json
 import os
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from common import ArgumentParser, UsageError, run_main
-from training.export import export_model
-from training.job import load_tokenizer
-from training.model import MaskedLMModule
+
+if TYPE_CHECKING:  # the modules themselves are imported where used: --help and a bad flag answer without torch
+    from training.model import MaskedLMModule
 
 
-def load_module(checkpoint: str) -> MaskedLMModule:
+def load_module(checkpoint: str) -> "MaskedLMModule":
     """Rebuild the LightningModule from a checkpoint, reading tensors and plain data only (weights_only)."""
+    import torch
+
+    from training.model import MaskedLMModule
+
     if not os.path.isfile(checkpoint):
         raise UsageError(f"checkpoint {checkpoint!r} does not exist; pass JOB/checkpoints/last.ckpt or another .ckpt")
     try:
@@ -42,6 +45,8 @@ def default_tokenizer(checkpoint: str) -> str | None:
 def load_checkpoint_with_tokenizer(checkpoint: str, tokenizer_path: str | None = None):
     """(module, tokenizer, tokenizer.json path) of a checkpoint; the tokenizer defaults to the run's own
     and must match the model's vocabulary."""
+    from training.job import load_tokenizer
+
     tokenizer_path = tokenizer_path or default_tokenizer(checkpoint)
     if tokenizer_path is None:
         raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
@@ -55,17 +60,23 @@ def load_checkpoint_with_tokenizer(checkpoint: str, tokenizer_path: str | None =
 
 def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | None = None) -> int:
     """Export a checkpoint's model with its tokenizer; return the checkpoint's global step."""
+    from training.export import export_model
+
     module, tokenizer, _ = load_checkpoint_with_tokenizer(checkpoint, tokenizer_path)
     export_model(module.model, tokenizer, output_dir)
     return module.global_step_loaded
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by run_training.py")
     p.add_argument("--output-dir", required=True, help="directory to write (replaced only once complete)")
     p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the one the run used, from run_config.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     step = export_checkpoint(args.checkpoint, args.output_dir, args.path_to_tokenizer)
     print(f"exported step {step} to {args.output_dir}", file=sys.stderr)
 

@@ -11,8 +11,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from common import ArgumentParser, PipelineError, UsageError, run_main
 
 PANELS = [
@@ -106,6 +104,8 @@ def run_labels(job_dirs: list[str]) -> list[str]:
 
 def plot_runs(job_dirs: list[str], output: str) -> None:
     """Several runs: validation and training loss against steps, tokens seen and training time."""
+    import numpy as np
+
     plt = _pyplot()
     runs = [run_scalars(job) for job in job_dirs]
     fig, axes = plt.subplots(2, len(AXES), figsize=(4.6 * len(AXES), 6.4), dpi=110, squeeze=False)
@@ -135,12 +135,16 @@ def plot_runs(job_dirs: list[str], output: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job-dir", required=True, nargs="+",
                    help="the --job-dir of a training run; several to overlay their loss curves")
     p.add_argument("--output", help="PNG to write (default: JOB/learning_curves.png of the first job)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     output = args.output or os.path.join(args.job_dir[0], "learning_curves.png")
     if len(args.job_dir) == 1:
         plot_learning_curves(args.job_dir[0], output)

@@ -13,10 +13,6 @@ import sys
 import tempfile
 
 from common import ArgumentParser, UsageError, run_main
-from training.devices import device_type, plan_for_device
-from training.evaluation import evaluate, validation_sample
-from training.export_model import load_checkpoint_with_tokenizer
-from training.job import load_pretrained, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args: argparse.Namespace):
     """(model, tokenizer, tokenizer.json path) from --model-dir or --checkpoint."""
+    from training.export_model import load_checkpoint_with_tokenizer
+    from training.job import load_pretrained, load_tokenizer
+
     if args.checkpoint:
         module, tokenizer, tokenizer_file = load_checkpoint_with_tokenizer(args.checkpoint, args.path_to_tokenizer)
         return module.model, tokenizer, tokenizer_file
@@ -61,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    # Imported once the flags are checked: torch, Lightning and transformers take 10-15 s on 2 cores.
+    from training.devices import device_type, plan_for_device
+    from training.evaluation import evaluate, validation_sample
+
     model, tokenizer, tokenizer_file = load_model(args)
     plan = plan_for_device(device_type(args.accelerator), args.precision)
     model.set_attn_implementation(plan.attention)

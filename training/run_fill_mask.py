@@ -10,7 +10,6 @@ import sys
 import tempfile
 
 from common import ArgumentParser, UsageError, run_main
-from training.fill_mask import fill_mask, load_fill_mask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +49,8 @@ def predict(args: argparse.Namespace) -> None:
             texts += [line.strip() for line in f if line.strip()]
     if not texts:
         raise UsageError("no text given; pass texts with <mask>, '-' for stdin, or --input-file")
+    from training.fill_mask import fill_mask, load_fill_mask  # here: --help and a bad flag answer without torch
+
     fill = load_fill_mask(args.model_dir)
     mask = fill.tokenizer.mask_token
     for text in texts:

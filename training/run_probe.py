@@ -15,8 +15,6 @@ import sys
 
 from common import ArgumentParser, UsageError, run_main, write_json_atomic
 from corpus.run_corpus_generation import SAMPLE_FILE
-from corpus.sources import expand_data_files
-from training.probe import load_labelled, run_probe
 
 CARD_HEADING = "## Downstream probe"
 
@@ -71,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"{args.model_dir!r} is not an exported model (no config.json); pass JOB/model")
     if not 0 < args.test_size < 1 or min(args.epochs, args.batch_size, args.min_examples) < 1 or args.lr <= 0:
         raise UsageError("--test-size must be in (0, 1); --epochs, --batch-size, --min-examples at least 1; --lr positive")
+    # Imported once the flags are checked: --help and a bad flag answer without torch.
+    from corpus.sources import expand_data_files
+    from training.probe import load_labelled, run_probe
+
     files = expand_data_files(args.data_files or [SAMPLE_FILE])
     data = load_labelled(files, args.text_column, args.label_column, args.test_size, args.seed, args.min_examples)
     if data["dropped_labels"]:

@@ -12,14 +12,14 @@ Under torchrun or srun, pass --devices (processes per node) and --num-nodes to m
 import argparse
 import json
 import logging
+import os
 import sys
 
+# Light modules only up to the parse: training.job imports torch, Lightning and transformers (10-15 s on 2 cores),
+# which --help and a mistyped flag should not wait for.
 from common import ArgumentParser, run_main
 from training.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE,
-                             DEFAULT_WARMUP_RATIO, TrainingConfig)
-from training.job import train
-from training.masking import MASK_RULES
-from training.model import MODEL_SIZES
+                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, TrainingConfig)
 from training.schedule import SCHEDULES, WARMUP_CAP
 
 
@@ -156,6 +156,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    from training.job import train
+
     metrics = train(config_from_args(args))
     print(json.dumps(metrics))
 
