@@ -1,6 +1,8 @@
 """How the scripts start: --help and a mistyped flag answer without importing torch, Lightning, transformers,
-datasets or pyarrow (issue 31, item 14)."""
+datasets or pyarrow (issue 31, item 14), and a script runs its own checkout's code or refuses in one line,
+never another checkout's installed over it (item 12)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -44,3 +46,46 @@ def test_help_and_a_bad_flag_import_no_heavy_module(script):
         if code == 2:  # the flag's error, or a missing required flag's: one line either way
             (line,) = lines
             assert line.startswith("error: ") and line.endswith(f"(see {name} --help)"), line
+
+
+@pytest.fixture(scope="module")
+def two_clones(tmp_path_factory) -> tuple[str, str]:
+    """Two copies of this checkout's code, A and B, as two clones of the project would be."""
+    clones = []
+    for name in ("clone-a", "clone-b"):
+        root = str(tmp_path_factory.mktemp(name))
+        shutil.copy(os.path.join(REPO, "common.py"), root)
+        for package in ("corpus", "tokenizer", "training"):
+            shutil.copytree(os.path.join(REPO, package), os.path.join(root, package),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        clones.append(os.path.realpath(root))
+    return clones[0], clones[1]
+
+
+@pytest.mark.parametrize("script", ["training/run_training.py", "corpus/run_corpus_generation.py"])
+def test_a_script_refuses_another_checkouts_packages_in_one_line(two_clones, script):
+    a, b = two_clones
+    # Clone A installed in the environment (as `pip install -e A` would, simulated by PYTHONPATH), B's script run.
+    result = run([os.path.join(b, script), "--help"], b, a)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: this script is in {b} but Python imports 'common' from {a}{os.sep}common.py")
+    assert f"pip install -e {b}" in line and f"run the script in {a}" in line
+
+
+def test_a_script_runs_its_own_checkout(two_clones):
+    a, b = two_clones
+    for clone in (a, b):  # each clone installed (PYTHONPATH), its own script run: it runs
+        assert run([os.path.join(clone, "training/run_training.py"), "--help"], clone, clone).returncode == 0
+    # `python -m` from a checkout runs that checkout whatever is installed: the cwd comes first on sys.path.
+    result = run(["-m", "training.run_training", "--help"], b, a)
+    assert result.returncode == 0 and result.stdout.startswith("usage: run_training.py"), result.stderr
+
+
+def test_a_script_with_nothing_installed_says_how_to_install(two_clones):
+    _, b = two_clones
+    result = run(["-S", os.path.join(b, "training/run_training.py"), "--help"], b, None)  # -S: no site-packages
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert f"imports 'common' from nowhere; run `pip install -e {b}`" in line
