@@ -48,6 +48,16 @@ def test_help_and_a_bad_flag_import_no_heavy_module(script):
             assert line.startswith("error: ") and line.endswith(f"(see {name} --help)"), line
 
 
+def test_a_bad_training_setting_imports_no_heavy_module(tmp_path):
+    result = run(["-X", "importtime", "training/run_training.py", "--job-dir", str(tmp_path / "job"),
+                  "--max-seq-length", "1000"], REPO, REPO)
+    modules, lines = split_importtime(result.stderr)
+    assert result.returncode == 2
+    assert not modules & HEAVY, sorted(modules & HEAVY)
+    assert lines == ["error: --max-seq-length must be between 8 and 512 (the model's position embeddings), got 1000"]
+    assert not os.path.exists(tmp_path / "job")
+
+
 @pytest.fixture(scope="module")
 def two_clones(tmp_path_factory) -> tuple[str, str]:
     """Two copies of this checkout's code, A and B, as two clones of the project would be."""

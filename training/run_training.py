@@ -39,7 +39,7 @@ check_own_checkout()
 # which --help and a mistyped flag should not wait for.
 from common import ArgumentParser, run_main
 from training.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE,
-                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, TrainingConfig)
+                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, TrainingConfig, validate_config)
 from training.schedule import SCHEDULES, WARMUP_CAP
 
 
@@ -176,9 +176,11 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    validate_config(config)  # train() checks again; here a bad value answers before torch is imported
     from training.job import train
 
-    metrics = train(config_from_args(args))
+    metrics = train(config)
     print(json.dumps(metrics))
 
 
