@@ -13,9 +13,32 @@ import argparse
 import json
 import os
 import sys
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
+
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, run_main
-from corpus.pipeline import CorpusConfig, generate_corpus
+
+if TYPE_CHECKING:
+    from corpus.pipeline import CorpusConfig
 
 SAMPLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "amazon_reviews_us_sample.tsv.gz")
 
@@ -67,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> CorpusConfig:
+def config_from_args(args: argparse.Namespace) -> "CorpusConfig":
+    from corpus.pipeline import CorpusConfig  # here, not above: --help and a bad flag answer without it
+
     no_input = not args.data_files and not args.dataset
     return CorpusConfig(
         output_dir=args.output_dir,
@@ -94,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from corpus.pipeline import generate_corpus
+
     manifest = generate_corpus(config_from_args(args))
     summary = {k: manifest[k] for k in ("rows_read", "rows_kept", "duplicates_removed", "dropped")}
     summary.update({f"{s}_lines": manifest["splits"][s]["lines"] for s in manifest["splits"]})

@@ -12,12 +12,33 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
+
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, UsageError, run_main
-from tokenizer.fitting import (FitPlan, LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
-                               plan_fit, save_tokenizer)
 from tokenizer.memory import available_memory, default_memory_budget, format_bytes, parse_memory_budget
-from tokenizer.report import tokenizer_report
+
+if TYPE_CHECKING:
+    from tokenizer.fitting import FitPlan
 
 REPORT = "tokenizer_report.json"
 
@@ -56,6 +77,8 @@ def _validation_lines(train_corpus: str, validation_dir: str | None, limit: int 
         if not os.path.isdir(guess):
             return []
         validation_dir = guess
+    from tokenizer.fitting import corpus_files
+
     lines: list[str] = []
     for f in corpus_files(validation_dir):
         with open(f, encoding="utf-8") as fh:
@@ -65,7 +88,7 @@ def _validation_lines(train_corpus: str, validation_dir: str | None, limit: int 
     return lines[:limit]
 
 
-def describe(plan: FitPlan, budget: int) -> str:
+def describe(plan: "FitPlan", budget: int) -> str:
     """One line: what the fit uses out of the corpus, and why."""
     if not plan.sampled:
         return (f"fitting on all {plan.corpus_lines:,} lines ({format_bytes(plan.corpus_bytes)}): "
@@ -77,6 +100,11 @@ def describe(plan: FitPlan, budget: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Imported once the command line is parsed, so that --help and a bad flag answer at once.
+    from tokenizer.fitting import (LineSample, check_settings, corpus_files, estimate_fit_memory, fit_tokenizer,
+                                   plan_fit, save_tokenizer)
+    from tokenizer.report import tokenizer_report
+
     out = args.output_dir
     if os.path.exists(os.path.join(out, "tokenizer.json")) and not args.overwrite:
         raise UsageError(f"{out!r} already holds a tokenizer; pass --overwrite to replace it or choose another --output-dir")

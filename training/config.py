@@ -2,12 +2,19 @@
 import re
 from dataclasses import dataclass, replace
 
-import torch
-
 from common import UsageError
-from training.masking import MASK_RULES
-from training.model import MAX_POSITIONS, MODEL_SIZES
 from training.schedule import SCHEDULES
+
+# The choices and defaults of run_training.py's flags live here, in a module that imports no torch, so that
+# --help and a mistyped flag answer at once; model.py and masking.py take theirs from here.
+# hidden size, layers, heads, feed-forward size. `base` is the 2021 demo's model.
+MODEL_SIZES = {
+    "tiny": (256, 4, 4, 1024),
+    "small": (512, 4, 8, 2048),
+    "base": (768, 4, 12, 3072),
+}
+MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
+MASK_RULES = ("80-10-10", "all-mask")
 
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see docs/design.md's schedule table
@@ -134,6 +141,8 @@ def local_processes(devices: str | int) -> int:
     """Training processes on this machine for --devices (a count, a list such as "0,1", or auto)."""
     text = str(devices).strip()
     if text in ("auto", "-1"):
+        import torch
+
         return max(torch.cuda.device_count(), 1)
     if "," in text or text.startswith("["):
         return len([d for d in text.strip("[]").split(",") if d.strip()])

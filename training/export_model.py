@@ -6,17 +6,40 @@ import argparse
 import json
 import os
 import sys
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
 
-import torch
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, UsageError, run_main
-from training.export import export_model
-from training.job import load_tokenizer
-from training.model import MaskedLMModule
+
+if TYPE_CHECKING:  # the modules themselves are imported where used: --help and a bad flag answer without torch
+    from training.model import MaskedLMModule
 
 
-def load_module(checkpoint: str) -> MaskedLMModule:
+def load_module(checkpoint: str) -> "MaskedLMModule":
     """Rebuild the LightningModule from a checkpoint, reading tensors and plain data only (weights_only)."""
+    import torch
+
+    from training.model import MaskedLMModule
+
     if not os.path.isfile(checkpoint):
         raise UsageError(f"checkpoint {checkpoint!r} does not exist; pass JOB/checkpoints/last.ckpt or another .ckpt")
     try:
@@ -42,6 +65,8 @@ def default_tokenizer(checkpoint: str) -> str | None:
 def load_checkpoint_with_tokenizer(checkpoint: str, tokenizer_path: str | None = None):
     """(module, tokenizer, tokenizer.json path) of a checkpoint; the tokenizer defaults to the run's own
     and must match the model's vocabulary."""
+    from training.job import load_tokenizer
+
     tokenizer_path = tokenizer_path or default_tokenizer(checkpoint)
     if tokenizer_path is None:
         raise UsageError("cannot tell which tokenizer the run used; pass --path-to-tokenizer")
@@ -55,17 +80,23 @@ def load_checkpoint_with_tokenizer(checkpoint: str, tokenizer_path: str | None =
 
 def export_checkpoint(checkpoint: str, output_dir: str, tokenizer_path: str | None = None) -> int:
     """Export a checkpoint's model with its tokenizer; return the checkpoint's global step."""
+    from training.export import export_model
+
     module, tokenizer, _ = load_checkpoint_with_tokenizer(checkpoint, tokenizer_path)
     export_model(module.model, tokenizer, output_dir)
     return module.global_step_loaded
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by run_training.py")
     p.add_argument("--output-dir", required=True, help="directory to write (replaced only once complete)")
     p.add_argument("--path-to-tokenizer", help="step 2's directory (default: the one the run used, from run_config.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     step = export_checkpoint(args.checkpoint, args.output_dir, args.path_to_tokenizer)
     print(f"exported step {step} to {args.output_dir}", file=sys.stderr)
 

@@ -3,6 +3,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from training.config import MASK_RULES
+
 
 def sentence_segments(input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_id: int,
                       padding_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +50,6 @@ def mask_key(*parts: int) -> int:
 TRAIN_MASKS, VALIDATION_MASKS = 1, 2  # mask_key streams: training never reuses a validation mask
 # Validation masks 15% by BERT's rule whatever training does, so runs with other masking stay comparable.
 VALIDATION_MLM_PROBABILITY = 0.15
-MASK_RULES = ("80-10-10", "all-mask")
 
 
 class MaskedLMCollator:

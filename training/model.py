@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from transformers import RobertaConfig, RobertaForMaskedLM
 
 from common import PipelineError
+from training.config import MAX_POSITIONS, MODEL_SIZES
 from training.masking import mask_key
 from training.devices import accumulator_dtype, default_attention
 from training.schedule import Schedule
@@ -16,13 +17,6 @@ class NonFiniteLossError(PipelineError):
     """Training diverged: too many consecutive steps with a NaN or infinite loss."""
 
 
-# hidden size, layers, heads, feed-forward size. `base` is the 2021 demo's model.
-MODEL_SIZES = {
-    "tiny": (256, 4, 4, 1024),
-    "small": (512, 4, 8, 2048),
-    "base": (768, 4, 12, 3072),
-}
-MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
 
 
 def build_config(vocab_size: int, model_size: str = "base", hidden_size: int | None = None,

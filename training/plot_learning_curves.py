@@ -10,8 +10,26 @@ import argparse
 import json
 import os
 import sys
+from importlib.util import find_spec
 
-import numpy as np
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, PipelineError, UsageError, run_main
 
@@ -106,6 +124,8 @@ def run_labels(job_dirs: list[str]) -> list[str]:
 
 def plot_runs(job_dirs: list[str], output: str) -> None:
     """Several runs: validation and training loss against steps, tokens seen and training time."""
+    import numpy as np
+
     plt = _pyplot()
     runs = [run_scalars(job) for job in job_dirs]
     fig, axes = plt.subplots(2, len(AXES), figsize=(4.6 * len(AXES), 6.4), dpi=110, squeeze=False)
@@ -135,12 +155,16 @@ def plot_runs(job_dirs: list[str], output: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job-dir", required=True, nargs="+",
                    help="the --job-dir of a training run; several to overlay their loss curves")
     p.add_argument("--output", help="PNG to write (default: JOB/learning_curves.png of the first job)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     output = args.output or os.path.join(args.job_dir[0], "learning_curves.png")
     if len(args.job_dir) == 1:
         plot_learning_curves(args.job_dir[0], output)

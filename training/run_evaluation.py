@@ -11,12 +11,28 @@ import json
 import os
 import sys
 import tempfile
+from importlib.util import find_spec
+
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, UsageError, run_main
-from training.devices import device_type, plan_for_device
-from training.evaluation import evaluate, validation_sample
-from training.export_model import load_checkpoint_with_tokenizer
-from training.job import load_pretrained, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args: argparse.Namespace):
     """(model, tokenizer, tokenizer.json path) from --model-dir or --checkpoint."""
+    from training.export_model import load_checkpoint_with_tokenizer
+    from training.job import load_pretrained, load_tokenizer
+
     if args.checkpoint:
         module, tokenizer, tokenizer_file = load_checkpoint_with_tokenizer(args.checkpoint, args.path_to_tokenizer)
         return module.model, tokenizer, tokenizer_file
@@ -61,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    # Imported once the flags are checked: torch, Lightning and transformers take 10-15 s on 2 cores.
+    from training.devices import device_type, plan_for_device
+    from training.evaluation import evaluate, validation_sample
+
     model, tokenizer, tokenizer_file = load_model(args)
     plan = plan_for_device(device_type(args.accelerator), args.precision)
     model.set_attn_implementation(plan.attention)

@@ -8,9 +8,28 @@ import argparse
 import os
 import sys
 import tempfile
+from importlib.util import find_spec
+
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, UsageError, run_main
-from training.fill_mask import fill_mask, load_fill_mask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +69,8 @@ def predict(args: argparse.Namespace) -> None:
             texts += [line.strip() for line in f if line.strip()]
     if not texts:
         raise UsageError("no text given; pass texts with <mask>, '-' for stdin, or --input-file")
+    from training.fill_mask import fill_mask, load_fill_mask  # here: --help and a bad flag answer without torch
+
     fill = load_fill_mask(args.model_dir)
     mask = fill.tokenizer.mask_token
     for text in texts:

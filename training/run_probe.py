@@ -12,11 +12,29 @@ import argparse
 import json
 import os
 import sys
+from importlib.util import find_spec
+
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
 
 from common import ArgumentParser, UsageError, run_main, write_json_atomic
 from corpus.run_corpus_generation import SAMPLE_FILE
-from corpus.sources import expand_data_files
-from training.probe import load_labelled, run_probe
 
 CARD_HEADING = "## Downstream probe"
 
@@ -71,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"{args.model_dir!r} is not an exported model (no config.json); pass JOB/model")
     if not 0 < args.test_size < 1 or min(args.epochs, args.batch_size, args.min_examples) < 1 or args.lr <= 0:
         raise UsageError("--test-size must be in (0, 1); --epochs, --batch-size, --min-examples at least 1; --lr positive")
+    # Imported once the flags are checked: --help and a bad flag answer without torch.
+    from corpus.sources import expand_data_files
+    from training.probe import load_labelled, run_probe
+
     files = expand_data_files(args.data_files or [SAMPLE_FILE])
     data = load_labelled(files, args.text_column, args.label_column, args.test_size, args.seed, args.min_examples)
     if data["dropped_labels"]:

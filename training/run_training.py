@@ -12,14 +12,34 @@ Under torchrun or srun, pass --devices (processes per node) and --num-nodes to m
 import argparse
 import json
 import logging
+import os
 import sys
+from importlib.util import find_spec
 
+
+def check_own_checkout() -> None:
+    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
+    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
+    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
+    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
+check_own_checkout()
+
+# Light modules only up to the parse: training.job imports torch, Lightning and transformers (10-15 s on 2 cores),
+# which --help and a mistyped flag should not wait for.
 from common import ArgumentParser, run_main
 from training.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE,
-                             DEFAULT_WARMUP_RATIO, TrainingConfig)
-from training.job import train
-from training.masking import MASK_RULES
-from training.model import MODEL_SIZES
+                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, TrainingConfig, validate_config)
 from training.schedule import SCHEDULES, WARMUP_CAP
 
 
@@ -156,7 +176,11 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    metrics = train(config_from_args(args))
+    config = config_from_args(args)
+    validate_config(config)  # train() checks again; here a bad value answers before torch is imported
+    from training.job import train
+
+    metrics = train(config)
     print(json.dumps(metrics))
 
 
