@@ -39,7 +39,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
-        return "list of strings" if all(isinstance(v, str) for v in value) else "list of other values"
+        return "list of strings" if all(isinstance(v, str) or v is None for v in value) else "list of other values"
     return "null"
 
 
@@ -47,8 +47,8 @@ def is_usable(value: Any, text: bool) -> bool:
     """Text is a string or a list of strings (or nothing); other readers take any value but an object."""
     if value is None or isinstance(value, str):
         return True
-    if text:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if text:  # a null item in a list is skipped, as pyarrow's list<string> gives it
+        return isinstance(value, list) and all(isinstance(v, str) or v is None for v in value)
     return not isinstance(value, dict)
 
 
@@ -101,7 +101,7 @@ class JsonLinesBlocks:
             except UnicodeDecodeError:
                 self.stats.drop_line("bad_utf8", self.path, number)
                 continue
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
                 self.stats.drop_line("bad_json", self.path, number)
                 continue
             if not isinstance(row, dict):
@@ -121,12 +121,14 @@ class JsonLinesBlocks:
             if line.strip():
                 try:
                     row = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     row = None
                 if isinstance(row, dict):
                     sample.append(row)
                 else:
                     bad += 1
+        if not sample and not bad:
+            return []  # blank lines only, so far: the next block chooses the columns
         if bad > (len(sample) + bad) / 2:
             raise UsageError(f"{self.path!r} is not JSON Lines: {bad} of its first {len(sample) + bad} lines are "
                              "not JSON objects; pass one object per line (a .json array is read whole) or check "
@@ -165,8 +167,9 @@ class JsonLinesBlocks:
                 hint = f"; read one of its keys with a dotted path, such as --text-column {column}.{nested[0]}" \
                     if nested else ""
                 raise UsageError(f"column {column} of {self.path!r} holds objects, not text{hint}")
-            raise UsageError(f"column {column} of {self.path!r} holds {kind} values, not text; choose a column of "
-                             "strings or lists of strings with --text-column")
+            kinds = {"number": "numbers", "boolean": "booleans", "list of other values": "lists of non-strings"}
+            raise UsageError(f"column {column} of {self.path!r} holds {kinds.get(kind, kind)}, not text; choose a "
+                             "column of strings or lists of strings with --text-column")
         return path
 
     def _parse_options(self, sample: list[dict]):
@@ -180,7 +183,10 @@ class JsonLinesBlocks:
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             found = [type_name(v) for v in (value_at(row, path) for row in sample) if v is not None]
-            node[path[-1]] = _arrow_type(max(set(found), key=found.count) if found else "string", sample, path)
+            kind = max(set(found), key=found.count) if found else "string"
+            if self.text:  # text is typed as text, so that pyarrow refuses a block with another type in it
+                kind = "list of strings" if kind == "list of strings" else "string"
+            node[path[-1]] = _arrow_type(kind, sample, path)
 
         def fields(node: dict) -> list:
             return [pa.field(k, pa.struct(fields(v)) if isinstance(v, dict) else v) for k, v in node.items()]

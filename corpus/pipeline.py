@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from common import PipelineError, UsageError, publish
 from corpus.normalise import normalise_text
 from corpus.remote import describe_remote, is_remote, redact
-from corpus.sources import (BAD_LINES_NAMED, SourceStats, expand_data_files, file_kind, read_text_batches,
+from corpus.sources import (SourceStats, expand_data_files, file_kind, read_text_batches,
                             script_dataset_files)
 from corpus.dedup import SentenceSpill
 from corpus.splitting import RepeatFilter, sentence_hashes, validation_mask
@@ -106,9 +106,7 @@ def _read_spills(results: Iterable[tuple[SourceStats, int]], spills: list[str],
                  stats: SourceStats) -> Iterator[Prepared]:
     """The batches of each file's spill, in file order, folding the workers' counts into the statistics."""
     for (file_stats, repeats), spill in zip(results, spills):
-        for reason, n in file_stats.dropped.items():
-            stats.drop(reason, n)
-        stats.bad_lines.extend(file_stats.bad_lines[: max(0, BAD_LINES_NAMED - len(stats.bad_lines))])
+        stats.merge(file_stats)
         stats.repeats_in_workers += repeats
         with open(spill, "rb") as f:
             while True:
@@ -131,11 +129,12 @@ def _imap_ahead(pool: Pool, func: Any, items: Iterable, ahead: int) -> Iterator:
         yield pending.popleft().get()
 
 
-def _limit_rows(batches: Iterable[list[str]], max_rows: int) -> Iterator[list[str]]:
+def _limit_rows(batches: Iterator[list[str]], max_rows: int) -> Iterator[list[str]]:
     taken = 0
     for batch in batches:
         if max_rows and taken + len(batch) >= max_rows:
             yield batch[: max_rows - taken]
+            batches.close()  # stops the reader's threads, and what they count, at the blocks taken
             return
         taken += len(batch)
         yield batch
@@ -216,7 +215,9 @@ def generate_corpus(cfg: CorpusConfig) -> dict[str, Any]:
             print(f"warning: {bad} line(s) dropped as unreadable: {named}"
                   + (" and more; counts by reason in manifest.json" if bad > len(stats.bad_lines) else ""),
                   file=sys.stderr)
-        rows_read = rows_seen + sum(stats.dropped.values())
+        # rows: texts seen and rows dropped unread; with --line-per value a row gives several texts, so its readers'
+        # own count of rows is the one
+        rows_read = stats.rows_read if cfg.line_per == "value" else rows_seen + sum(stats.dropped.values())
         repeats.repeats += stats.repeats_in_workers
         kept = sum(sh["lines"] for split in shards.values() for sh in split)
         if not shards["train"]:

@@ -70,7 +70,7 @@ class _RemoteFile(io.RawIOBase):
         try:
             return self._stream.read(-1 if size is None else size)
         except _transfer_errors() as e:
-            raise PipelineError(f"could not read {self.path}: the connection ended before the whole file arrived "
+            raise PipelineError(f"could not read {redact(self.path)}: the connection ended before the whole file arrived "
                                 f"({_detail(e)}); re-run, or download the file first") from e
 
     def readinto(self, buffer: Any) -> int:
@@ -134,11 +134,14 @@ def _open_error(path: str, e: BaseException) -> Exception:
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     cause = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ else e  # fsspec wraps every failure
+    if isinstance(cause, aiohttp.ClientPayloadError):  # a small file can arrive, cut, while it is being opened
+        return PipelineError(f"could not read {redact(path)}: the connection ended before the whole file arrived "
+                             f"({_detail(cause)}); re-run, or download the file first")
     if isinstance(cause, aiohttp.ClientResponseError) and cause.status in (401, 403, 404, 410):
-        return UsageError(f"{path} cannot be read: the server answered {cause.status} {cause.message}; check the URL")
+        return UsageError(f"{redact(path)} cannot be read: the server answered {cause.status} {cause.message}; check the URL")
     if isinstance(cause, (FileNotFoundError, EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)):
-        return UsageError(f"{path} is not there; check the URL or path")
-    return PipelineError(f"could not open {path} ({_detail(cause)}); check the address and the network, then re-run")
+        return UsageError(f"{redact(path)} is not there; check the URL or path")
+    return PipelineError(f"could not open {redact(path)} ({_detail(cause)}); check the address and the network, then re-run")
 
 
 def _expand_hub(pattern: str) -> list[str]:

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strip-punctuation", action="store_true", help="replace punctuation by spaces")
     p.add_argument("--min-chars", type=int, default=1, help="drop sentences shorter than this (default: %(default)s)")
     p.add_argument("--max-chars", type=int, default=0, help="drop sentences longer than this; 0 = no limit (default)")
-    p.add_argument("--max-rows", type=int, default=0, help="read at most this many rows; 0 = all (default)")
+    p.add_argument("--max-rows", type=int, default=0, help="read at most this many rows (texts, with --line-per value); 0 = all (default)")
     p.add_argument("--streaming", action="store_true",
                    help="stream hub datasets and csv/parquet/.json-array files instead of converting them to Arrow "
                         "first (TSV, JSON Lines and .txt files always stream)")

@@ -6,13 +6,13 @@ import queue
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from common import PipelineError, UsageError
 from corpus.json_lines import JsonLinesBlocks
-from corpus.remote import expand_remote, is_remote, open_remote
+from corpus.remote import expand_remote, is_remote, open_remote, redact
 
 DEFAULT_TEXT_COLUMNS = ("product_title", "title", "text")  # tried in order when none is named
 DATASETS_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
@@ -37,6 +37,14 @@ class SourceStats:
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def merge(self, other: "SourceStats") -> None:
+        """Add what another reader (a block parsed in a thread, a file in a worker) saw."""
+        self.rows_read += other.rows_read
+        for reason, n in other.dropped.items():
+            self.drop(reason, n)
+        self.bad_lines += other.bad_lines[: max(0, BAD_LINES_NAMED - len(self.bad_lines))]
+        self.columns, self.note = self.columns or other.columns, self.note or other.note
 
     def drop_line(self, reason: str, path: str, line: int) -> None:
         """Count a dropped line, and keep where it was if it is one of the first BAD_LINES_NAMED."""
@@ -188,8 +196,8 @@ def read_json_lines(path: str, columns: list[str] | None, stats: SourceStats,
     is not usable, is counted and skipped with its line number (corpus/json_lines.py). A dotted column
     (details.Brand) reads a nested key. With `text`, values are strings or lists of strings.
     """
-    def parsed() -> Iterator[list[tuple]]:
-        parser, carry = JsonLinesBlocks(path, columns, stats, text), b""
+    def parsed() -> Iterator[tuple[list[tuple], SourceStats]]:
+        parser, carry = JsonLinesBlocks(redact(path), columns, SourceStats(), text), b""
         for block in _read_ahead(path):
             cut = block.rfind(b"\n") + 1 if block else 0
             if block and not cut:
@@ -198,11 +206,13 @@ def read_json_lines(path: str, columns: list[str] | None, stats: SourceStats,
             # whole_lines' work, copying the block once: these copies are the whole file's size
             data = b"".join((carry, memoryview(block)[:cut])) if block else (carry + b"\n" if carry else b"")
             carry = block[cut:]
-            if data:
-                yield parser.rows(data)
+            if data:  # each block's counts travel with its rows: the caller sees only the blocks it took
+                parser.stats = SourceStats()
+                yield parser.rows(data), parser.stats
 
     # pyarrow parses in a thread of its own (without the GIL), between the thread that inflates and this one
-    for rows in in_background(parsed(), depth=2):
+    for rows, block_stats in in_background(parsed(), depth=2):
+        stats.merge(block_stats)
         for start in range(0, len(rows), BATCH_ROWS):
             yield rows[start : start + BATCH_ROWS]
 
@@ -221,10 +231,10 @@ def _decompressed(path: str, chunk_bytes: int) -> Iterator[bytes]:
     """The bytes of a plain or gzipped file (several gzip members too), in large blocks."""
     with open_binary(path) as raw:
         if not file_name(path).lower().endswith(".gz"):
-            yield from iter(lambda: raw.read(4 * chunk_bytes), b"")
+            yield from iter(lambda: _read_full(raw, 4 * chunk_bytes), b"")
             return
         inflate, in_member = zlib.decompressobj(wbits=31), False
-        while chunk := raw.read(chunk_bytes):
+        while chunk := _read_full(raw, chunk_bytes):
             while chunk:
                 in_member = True
                 yield inflate.decompress(chunk)
@@ -236,26 +246,53 @@ def _decompressed(path: str, chunk_bytes: int) -> Iterator[bytes]:
 
 
 def in_background(items: Iterator, depth: int = 4) -> Iterator:
-    """The items of `items`, produced ahead by a background thread; its errors are raised here, in order."""
+    """The items of `items`, produced ahead by a background thread; its errors are raised here, in order. When
+    the caller stops early (a closed or dropped generator), the thread stops too, and closes `items`."""
     ahead: queue.Queue = queue.Queue(depth)
-    done = object()
+    stop, done = threading.Event(), object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                ahead.put((item, None))
-            ahead.put((done, None))
+                if not put((item, None)):
+                    return
+            put((done, None))
         except BaseException as e:  # every error reaches the caller: a thread that died silently would hang it
-            ahead.put((done, e))
+            put((done, e))
+        finally:
+            if hasattr(items, "close"):
+                items.close()
 
     threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item, error = ahead.get()
-        if error is not None:
-            raise error
-        if item is done:
-            return
-        yield item
+    try:
+        while True:
+            item, error = ahead.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _read_full(raw: Any, size: int) -> bytes:
+    """`size` bytes, or fewer at the end: a remote stream's read() returns what has arrived, which can be a few
+    kB, and the first block must hold enough lines to check a file by."""
+    parts, got = [], 0
+    while got < size and (part := raw.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def _read_ahead(path: str, depth: int = 4) -> Iterator[bytes]:
@@ -432,11 +469,15 @@ def _is_json_array(path: str) -> bool:
     """Whether a .json file holds one JSON array rather than one object per line."""
     if not file_name(path).lower().endswith((".json", ".json.gz")):
         return False
-    for block in _read_ahead(path):
-        if block.strip():
-            return block.lstrip().startswith(b"[")
-        if not block:
-            return False
+    blocks = _decompressed(path, 1 << 16)
+    try:  # read in this thread, and closed at once: only the first bytes are needed
+        for block in blocks:
+            if block.strip():
+                return block.lstrip().startswith(b"[")
+    except (OSError, EOFError, zlib.error):
+        return False  # the reader proper will say what is wrong with it
+    finally:
+        blocks.close()
     return False
 
 

@@ -86,7 +86,8 @@ def test_bad_lines_are_counted_by_reason_with_their_line_numbers(tmp_path, monke
 
 
 def test_the_fast_and_the_line_by_line_parse_agree(tmp_path):
-    rows = meta_rows(100) + [{"title": None}, {"features": ["a"]}, {"title": "", "details": None}]
+    rows = meta_rows(100) + [{"title": None}, {"features": ["a"]}, {"title": "", "details": None},
+                             {"features": ["x", None]}]  # a null item is skipped by both
     data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
     for columns in (["title"], ["title", "features", "details.Brand", "description"]):
         fast, slow = JsonLinesBlocks("f", columns, SourceStats()), JsonLinesBlocks("f", columns, SourceStats())
@@ -124,11 +125,11 @@ def test_a_dotted_path_reads_a_nested_key_whatever_else_details_holds(tmp_path):
 
 
 @pytest.mark.parametrize("column, words", [
-    ("average_rating", "holds number values, not text"),
+    ("average_rating", "holds numbers, not text"),
     ("bought_together", None),  # always null: no text, nothing to type; the run ends with "no sentence left"
     ("details", "holds objects, not text; read one of its keys with a dotted path, such as --text-column details."),
-    ("images", "holds list of other values values"),
-    ("price", "holds number values"),
+    ("images", "holds lists of non-strings, not text"),
+    ("price", "holds numbers, not text"),
     ("no_such_key", "column no_such_key not in"),
 ])
 def test_columns_that_are_not_text_are_one_line_errors(tmp_path, column, words):
@@ -138,7 +139,7 @@ def test_columns_that_are_not_text_are_one_line_errors(tmp_path, column, words):
     with pytest.raises(Exception) as error:
         run(tmp_path, tmp_path / "meta.jsonl", text_columns=[column])
     assert words is None or words in str(error.value)
-    with pytest.raises(UsageError, match="column ok of .* holds boolean values, not text"):
+    with pytest.raises(UsageError, match="column ok of .* holds booleans, not text"):
         run(tmp_path, tmp_path / "flags.jsonl", "b", text_columns=["ok"])
 
 
@@ -193,3 +194,56 @@ def test_any_script_based_hub_dataset_is_a_one_line_error_saying_why(tmp_path, m
     with pytest.raises(UsageError, match=r"'someone/squad_old' is a loading script.*--data-files 'hf://datasets/"
                        r"someone/squad_old/PATH'"):
         generate_corpus(CorpusConfig(output_dir=str(tmp_path / "out"), dataset="someone/squad_old", progress=False))
+
+
+def test_a_line_nested_too_deep_for_json_loads_is_a_bad_line(tmp_path):
+    rows = meta_rows(50)
+    write_jsonl(str(tmp_path / "meta.jsonl"), rows, {20: b"[" * 100_000 + b"]" * 100_000})
+    lines, manifest = run(tmp_path, tmp_path / "meta.jsonl")
+    assert manifest["dropped"] == {"bad_json": 1} and manifest["bad_lines"][0]["line"] == 21
+    assert sorted(lines) == sorted(expected(rows, lambda r: r["title"]))
+
+
+def test_max_rows_counts_only_the_blocks_taken_and_stops_the_reader(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(sources, "READ_BYTES", 4096)  # many blocks: the bad line is far past the rows taken
+    write_jsonl(str(tmp_path / "meta.jsonl"), meta_rows(3000), {2500: b"not json"})
+    threads = threading.active_count()
+    for _ in range(3):  # the same counts every time: nothing counted behind the caller's back
+        _, manifest = run(tmp_path, tmp_path / "meta.jsonl", "out", max_rows=300, overwrite=True)
+        assert manifest["rows_read"] == 300 and manifest["dropped"] == {} and manifest["bad_lines"] == []
+    for _ in range(50):  # the reader's threads see they are no longer wanted within a few 0.1-s waits
+        if threading.active_count() <= threads:
+            break
+        threading.Event().wait(0.1)
+    assert threading.active_count() <= threads
+
+
+def test_checking_json_files_for_an_array_leaves_no_thread_behind(tmp_path):
+    import threading
+
+    write_jsonl(str(tmp_path / "a.json.gz"), meta_rows(2000))
+    threads = threading.active_count()
+    assert not any(sources._is_json_array(str(tmp_path / "a.json.gz")) for _ in range(5))
+    assert threading.active_count() == threads
+
+
+def test_line_per_value_counts_rows_not_values(tmp_path):
+    rows = [{"title": f"Item {i}", "features": [f"feature {i} a", f"feature {i} b"]} for i in range(200)]
+    write_jsonl(str(tmp_path / "items.jsonl"), rows)
+    lines, manifest = run(tmp_path, tmp_path / "items.jsonl", text_columns=["title", "features"], line_per="value")
+    assert manifest["rows_read"] == 200 and len(lines) == 600
+
+
+def test_a_stream_that_returns_little_at_a_time_is_read_in_full_blocks():
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read(self, n: int) -> bytes:
+            part, self.data = self.data[: min(n, 10)], self.data[min(n, 10) :]
+            return part
+
+    stream = Trickle(b"x" * 1000)
+    assert len(sources._read_full(stream, 300)) == 300 and len(sources._read_full(stream, 900)) == 700

@@ -75,7 +75,8 @@ class FileHandler(QuietHandler):
     """Serves FILES; /cut/NAME announces the whole of NAME and closes the connection half-way; /encoded/NAME sends a
     .gz with Content-Encoding: gzip (as some servers do) and gzips anything else for clients that accept it."""
 
-    FILES = {"/reviews.jsonl": JSONL, "/reviews.jsonl.gz": gzip.compress(JSONL, mtime=0)}
+    FILES = {"/reviews.jsonl": JSONL, "/reviews.jsonl.gz": gzip.compress(JSONL, mtime=0),
+             "/bad.jsonl": JSONL + b'{"title": "cut\n'}
 
     def do_GET(self) -> None:
         name = re.sub(r"^/(cut|encoded)/", "/", self.path.split("?", 1)[0])
@@ -356,7 +357,7 @@ def test_step_1_reads_urls_as_local_files_and_publishes_nothing_when_cut_half_wa
 def test_a_presigned_urls_signature_stays_out_of_the_manifest(server, tmp_path):
     from corpus.pipeline import CorpusConfig, generate_corpus
 
-    url = server + "/reviews.jsonl?X-Amz-Signature=secret"
+    url = server + "/bad.jsonl?X-Amz-Signature=secret"  # a bad line: the manifest names it by file and line
     manifest = generate_corpus(CorpusConfig(output_dir=str(tmp_path / "out"), data_files=[url], progress=False))
-    assert manifest["rows_read"] == 20_000
+    assert manifest["rows_read"] == 20_001 and manifest["bad_lines"][0]["line"] == 20_001
     assert "secret" not in (tmp_path / "out" / "manifest.json").read_text()
