@@ -447,3 +447,17 @@ def test_a_utf16_text_file_is_refused_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="not UTF-8 text.*NUL"):
         corpus(tmp_path, str(path))
     assert sorted(os.listdir(tmp_path)) == ["u.txt"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_file_name_with_glob_characters_is_read_as_itself(tmp_path, num_proc):
+    """Paths are globbed once: a worker given 'a[1].tsv' reads that file, not 'a1.tsv' (which [1] would match)."""
+    header = sample_rows(1)[0].decode()
+    for name, title in (("a1.tsv", "Plain name title"), ("a[1].tsv", "Bracketed name title"), ("b*.tsv", "Star")):
+        fields = ["US", "1", "R1", "B1", "1", title, "Baby", "5", "0", "0", "N", "Y", "h", "body", "2015-01-01"]
+        (tmp_path / name).write_text(header + "\n" + "\t".join(fields) + "\n")
+    out = str(tmp_path / "out")
+    generate_corpus(CorpusConfig(output_dir=out, data_files=[str(tmp_path / "*.tsv")], num_proc=num_proc,
+                                 validation_size=0.5, progress=False))
+    assert sorted(read_split(out, "train") + read_split(out, "validation")) == \
+        ["Bracketed name title", "Plain name title", "Star"]

@@ -22,7 +22,7 @@ def load_labelled(data_files: list[str], text_column: str, label_column: str, te
     stats = SourceStats()
     seen: set[int] = set()
     train, test = [], []
-    for rows in read_row_batches(data_files, None, None, [text_column, label_column], stats):
+    for rows in read_row_batches(data_files, None, None, [text_column, label_column], stats, text=False):
         for text, label in rows:
             text = normalise_text(text or "")
             label = (label or "").strip() if isinstance(label, str) else ("" if label is None else str(label))
