@@ -4,6 +4,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -461,3 +462,31 @@ def test_a_file_name_with_glob_characters_is_read_as_itself(tmp_path, num_proc):
                                  validation_size=0.5, progress=False))
     assert sorted(read_split(out, "train") + read_split(out, "validation")) == \
         ["Bracketed name title", "Plain name title", "Star"]
+
+
+@pytest.mark.parametrize("error", [MemoryError("no memory"), LookupError("unknown codec"), OSError(5, "I/O error")])
+def test_every_error_of_the_read_ahead_thread_reaches_the_reader(tmp_path, monkeypatch, error):
+    """An error the thread did not expect (MemoryError, a codec error) once ended it silently and the reader waited
+    forever; each now reaches the reader, in order after the blocks read before it."""
+    from corpus import sources
+
+    def failing(path, chunk_bytes):
+        yield b"first line\n"
+        raise error
+
+    monkeypatch.setattr(sources, "_decompressed", failing)
+    (tmp_path / "a.txt").write_text("unused\n")
+    seen, raised = [], []
+
+    def read() -> None:
+        try:
+            for batch in sources.read_text_lines(str(tmp_path / "a.txt"), None, sources.SourceStats()):
+                seen.extend(batch)
+        except BaseException as e:
+            raised.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "the reader waits forever for a thread that died"
+    assert seen == [("first line",)] and isinstance(raised[0], (type(error), sources.PipelineError))
