@@ -194,3 +194,24 @@ def test_sigusr1_under_slurm_saves_then_requeues_the_job(tmp_path, pipeline_run)
                  128 + signal.SIGUSR1, SIGNAL_AT_STEP=2, SIGNAL="SIGUSR1", **slurm)
     assert "stopped: by SIGUSR1 at step 3;" in result.stderr and "requeued SLURM job 4242" in result.stderr
     assert open(tmp_path / "scontrol.log").read().split() == ["requeue", "4242"]
+
+
+def test_a_validation_sample_smaller_than_the_ranks_is_refused_on_every_rank(tmp_path, pipeline_run):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from common import UsageError
+    from training.data_module import MaskedLMDataModule
+
+    corpus, tok = pipeline_run["corpus"], pipeline_run["tokenizer"]
+    module = lambda: MaskedLMDataModule(f"{corpus}/train", f"{corpus}/validation", AutoTokenizer.from_pretrained(tok),
+                                        f"{tok}/tokenizer.json", str(tmp_path / "cache"), max_val_sentences=3)
+    for rank in range(4):  # a rank with nothing to score would skip validation while the others wait in its sums
+        data = module()
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=4)
+        with pytest.raises(UsageError, match="validation sample has 3 sentence.* for 4 processes"):
+            data.setup("fit")
+    data = module()
+    data.trainer = SimpleNamespace(global_rank=2, world_size=3)
+    data.setup("fit")

@@ -71,8 +71,14 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
                                          self.max_val_sentences)
         self.val_sentences = len(val)
-        log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
-                 self.seed)
+        rank, world = self._rank()
+        if len(self.val_set) < world:  # the same on every rank: all refuse, none waits for the others' sums
+            raise UsageError(f"the validation sample has {len(self.val_set)} sentence(s) for {world} processes; "
+                             "each must score at least one: raise --max-val-sentences (0 = all) or validate on "
+                             "more sentences")
+        if rank == 0:
+            log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}",
+                     f"{len(val):,}", self.seed)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, mask_rule=self.mask_rule,
                                                packed=self.packing and not self.attend_across_sentences)
 
