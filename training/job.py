@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from common import Interrupted, UsageError, write_json_atomic
 from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, resolve_defaults,
                              step_budget, validate_config, warmup_ratio)
-from training.data_module import MaskedLMDataModule
+from training.data_module import MaskedLMDataModule, start_worker_helpers
 from training.export import export_model
 from training.job_dir import check_job_dir, prepare_job_dir, read_run_config, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
@@ -124,6 +124,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
+    if plan.num_workers:
+        start_worker_helpers()
     log.info("device plan: %s", plan)
     if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
         earlier = (read_run_config(cfg.job_dir) or {}).get("config", {})
