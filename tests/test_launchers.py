@@ -61,3 +61,31 @@ def test_ddp_under_every_launcher_equals_one_device(tmp_path, pipeline_run):
                                                                        "run_config.json", "tensorboard"]
     card = open(tmp_path / "accumulating" / "model" / "README.md").read()
     assert "- effective_batch_size: 16" in card
+
+
+def test_a_refusal_ends_every_rank_under_torchrun_and_srun(tmp_path, pipeline_run):
+    """Refusals rank 0 used to check alone left the other ranks waiting for it in the process group."""
+    changed = tmp_path / "changed"  # a job directory of a run with another --seed
+    changed.mkdir()
+    (changed / "run_config.json").write_text('{"identity": {"seed": 7}, "config": {}}')
+    torn = tmp_path / "torn"  # an unreadable checkpoint
+    (torn / "checkpoints").mkdir(parents=True)
+    (torn / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    launched = [torchrun(["--standalone", "--nproc-per-node", "2"],
+                         job_args(pipeline_run, changed, *DDP, "--devices", "2"))]
+    port = str(free_port())  # srun starts each process with its rank in the environment
+    for rank in (0, 1):
+        slurm = dict(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0",
+                     SLURM_JOB_ID="4242", SLURM_JOB_NAME="lm", SLURM_NODELIST="127.0.0.1", MASTER_PORT=port)
+        launched.append(subprocess.Popen([sys.executable, "training/run_training.py",
+                                          *job_args(pipeline_run, torn, *DDP, "--devices", "2")], cwd=REPO,
+                                         env=dict(os.environ, **slurm), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+    try:
+        stderr = [proc.communicate(timeout=150)[1] for proc in launched]
+    finally:
+        for proc in launched:
+            proc.kill()
+    assert stderr[0].count("error: --job-dir") == 2 and "holds a run with a different seed" in stderr[0], stderr[0][-3000:]
+    for proc, err in zip(launched[1:], stderr[1:]):
+        assert proc.returncode == 2 and "error: cannot resume from" in err and "Traceback" not in err, err[-3000:]

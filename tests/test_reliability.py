@@ -248,3 +248,42 @@ def test_sigusr1_under_slurm_saves_then_requeues_the_job(tmp_path, pipeline_run)
                  128 + signal.SIGUSR1, SIGNAL_AT_STEP=2, SIGNAL="SIGUSR1", **slurm)
     assert "stopped: by SIGUSR1 at step 3;" in result.stderr and "requeued SLURM job 4242" in result.stderr
     assert open(tmp_path / "scontrol.log").read().split() == ["requeue", "4242"]
+
+
+def test_a_validation_sample_smaller_than_the_ranks_is_refused_on_every_rank(tmp_path, pipeline_run):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from common import UsageError
+    from training.data_module import MaskedLMDataModule
+
+    corpus, tok = pipeline_run["corpus"], pipeline_run["tokenizer"]
+    module = lambda: MaskedLMDataModule(f"{corpus}/train", f"{corpus}/validation", AutoTokenizer.from_pretrained(tok),
+                                        f"{tok}/tokenizer.json", str(tmp_path / "cache"), max_val_sentences=3)
+    for rank in range(4):  # a rank with nothing to score would skip validation while the others wait in its sums
+        data = module()
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=4)
+        with pytest.raises(UsageError, match="validation sample has 3 sentence.* for 4 processes"):
+            data.setup("fit")
+    data = module()
+    data.trainer = SimpleNamespace(global_rank=2, world_size=3)
+    data.setup("fit")
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_stop_signals_to_the_process_group_spare_the_dataloader_workers(tmp_path, pipeline_run, start_method):
+    """As a terminal's Ctrl+C, srun or `kill -- -PGID` send them: workers started by any method must live on
+    until the training process has saved its checkpoint (spawn is macOS's default, forkserver Python 3.14's)."""
+    from test_exact_resume import final_state
+
+    env = dict(os.environ, SIGNAL_AT_STEP="2", SIGNAL="SIGTERM,SIGUSR1,SIGINT", SIGNAL_GROUP="1",
+               START_METHOD=start_method)
+    result = subprocess.run([sys.executable, "tests/interrupting_runner.py", *train_args(
+        pipeline_run, tmp_path / "job", "--max-steps", "50", "--num-workers", "2")], cwd=REPO, capture_output=True,
+        text=True, env=env, start_new_session=True, timeout=300)
+    name = signal.Signals(result.returncode - 128).name  # all three arrive at once: the main process acts on one
+    assert f"stopped: by {name} at step 3;" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "dataloader workers alive: 2 of 2" in result.stderr
+    assert result.stderr.count("received SIGINT") == 1, result.stderr  # not once more per forked worker
+    assert final_state(tmp_path / "job")["global_step"] == 3

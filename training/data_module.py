@@ -17,11 +17,39 @@ from training.token_cache import encode_split, text_files
 log = logging.getLogger("training")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # as training/trainer_setup.py handles them
+
+
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker start: a stop signal sent to the whole process group (srun, kill -- -PGID) must not
-    kill the workers mid-step; the training process saves and stops, and its workers with it."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    """DataLoader worker start: a stop signal sent to the whole process group (a terminal's Ctrl+C, srun,
+    kill -- -PGID) must not kill the workers mid-step, whatever the start method (spawn and forkserver start
+    them with Python's own SIGINT handler, fork with the training process's); the training process saves
+    and stops, and its workers with it."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def start_worker_helpers() -> None:
+    """Start multiprocessing's resource tracker (and, under forkserver, its server) for spawned or
+    forkserver workers with the stop signals ignored, which they inherit: SIGUSR1 or SIGTERM sent to the
+    process group would otherwise kill them, and the run would end with their tracebacks. Before anything
+    else starts the tracker (any tqdm bar does)."""
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    import torch.multiprocessing
+
+    method = torch.multiprocessing.get_start_method()
+    if method == "fork":
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        multiprocessing.resource_tracker.ensure_running()
+        if method == "forkserver":
+            multiprocessing.forkserver.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class MaskedLMDataModule(pl.LightningDataModule):
@@ -71,8 +99,14 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
                                          self.max_val_sentences)
         self.val_sentences = len(val)
-        log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
-                 self.seed)
+        rank, world = self._rank()
+        if len(self.val_set) < world:  # the same on every rank: all refuse, none waits for the others' sums
+            raise UsageError(f"the validation sample has {len(self.val_set)} sentence(s) for {world} processes; "
+                             "each must score at least one: raise --max-val-sentences (0 = all) or validate on "
+                             "more sentences")
+        if rank == 0:
+            log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}",
+                     f"{len(val):,}", self.seed)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, mask_rule=self.mask_rule,
                                                packed=self.packing and not self.attend_across_sentences)
 

@@ -15,9 +15,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from common import Interrupted, UsageError, write_json_atomic
 from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, resolve_defaults,
                              step_budget, validate_config, warmup_ratio)
-from training.data_module import MaskedLMDataModule
+from training.data_module import MaskedLMDataModule, start_worker_helpers
 from training.export import export_model
-from training.job_dir import prepare_job_dir, read_run_config, resume_checkpoint
+from training.job_dir import check_job_dir, prepare_job_dir, read_run_config, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MaskedLMModule, perplexity
 from training.token_cache import file_sha256, files_fingerprint
@@ -77,7 +77,8 @@ def quiet_library_noise() -> None:
 
 def _checkpoint_step(path: str) -> int:
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        # mmap: every rank reads it, and only the header and one number are needed
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception as e:  # a truncated or foreign file
         raise UsageError(f"cannot resume from {path!r} ({str(e).splitlines()[0][:200]}); "
                          "pass --no-resume to start over") from None
@@ -123,6 +124,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
     apply_plan(plan)
+    if plan.num_workers:
+        start_worker_helpers()
     log.info("device plan: %s", plan)
     if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
         earlier = (read_run_config(cfg.job_dir) or {}).get("config", {})
@@ -160,16 +163,15 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
         if watch_texts or cfg.fill_mask_samples else [], signals=signals,
     )
-    # Launchers (Lightning's, torchrun, srun) start this script once per process: global rank 0 alone prepares
-    # the job directory; the others only read it, and reach the checkpoint after rank 0 has joined the process
-    # group, so after it has finished (LastCheckpoint.setup checks that they agree).
+    # Launchers (Lightning's, torchrun, srun) start this script once per process. Every rank checks the job
+    # directory and the checkpoint (a refusal ends them all, none is left waiting for rank 0 in the process
+    # group); global rank 0 alone then prepares the directory (LastCheckpoint.setup checks that the ranks agree).
+    identity["train_data"] = files_fingerprint(datamodule.train_files)
+    last.resume_from = check_job_dir(cfg, identity)
+    resume_step = _checkpoint_step(last.resume_from) if last.resume_from else None
     if trainer.is_global_zero:
-        identity["train_data"] = files_fingerprint(datamodule.train_files)
-        last.resume_from = prepare_job_dir(cfg, identity)
-        trainer.logger = tensorboard_logger(cfg.job_dir, _checkpoint_step(last.resume_from) if last.resume_from else None)
-    else:
-        last.resume_from = resume_checkpoint(cfg)
-        trainer.logger = tensorboard_logger(cfg.job_dir)  # writes nothing off rank 0
+        prepare_job_dir(cfg, identity)
+    trainer.logger = tensorboard_logger(cfg.job_dir, resume_step)  # writes nothing off rank 0
     effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
     log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d processes)",
              cfg.lr_schedule, " or ".join(x for x in (max_steps and f"{max_steps} steps",

@@ -45,25 +45,22 @@ def read_run_config(job_dir: str) -> dict[str, Any] | None:
     return run
 
 
-def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
-    """Create the job directory (global rank 0 only); return the checkpoint to resume from, if any."""
+def check_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
+    """The job directory's refusals; return the checkpoint to resume from, if any. Every rank runs them before
+    the process group exists, so a refusal ends every rank with the same line instead of leaving the others
+    waiting for rank 0 in it. Writes only a probe file."""
     try:
         os.makedirs(cfg.job_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=cfg.job_dir).close()  # a unique probe: processes never collide
     except OSError as e:
         raise UsageError(f"cannot write to --job-dir {cfg.job_dir!r} ({e.strerror}); choose a writable directory") from None
+    if cfg.resume is False:  # rank 0 archives what is there, unread: torn or not
+        return None
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
-    run_file = os.path.join(cfg.job_dir, "run_config.json")
-    if cfg.resume is False and (os.path.exists(last) or os.path.exists(run_file)):  # archived unread: torn or not
-        archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
-        for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
-            if os.path.exists(os.path.join(cfg.job_dir, name)):
-                shutil.move(os.path.join(cfg.job_dir, name), archive)
-        log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
-    previous = read_run_config(cfg.job_dir)
     resume_from = resume_checkpoint(cfg)
     if cfg.resume and resume_from is None:
         raise UsageError(f"--resume given but {last!r} does not exist; drop --resume to start a new run")
+    previous = read_run_config(cfg.job_dir)
     if previous:
         changed = [k for k in RUN_IDENTITY if k in previous.get("identity", {})
                    and previous["identity"][k] != identity.get(k)]
@@ -72,6 +69,21 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
                 f"--job-dir {cfg.job_dir!r} holds a run with a different {', '.join(changed)}; "
                 "use another --job-dir, or --no-resume to archive that run and start over"
             )
+    return resume_from
+
+
+def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
+    """Check the job directory (see check_job_dir), archive an earlier run on --no-resume and record this one
+    (global rank 0 only); return the checkpoint to resume from, if any."""
+    resume_from = check_job_dir(cfg, identity)
+    last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
+    run_file = os.path.join(cfg.job_dir, "run_config.json")
+    if cfg.resume is False and (os.path.exists(last) or os.path.exists(run_file)):  # archived unread: torn or not
+        archive = tempfile.mkdtemp(prefix=f"previous-{time.strftime('%Y%m%d-%H%M%S')}-", dir=cfg.job_dir)
+        for name in ("checkpoints", "tensorboard", "model", "final_metrics.json", "run_config.json"):
+            if os.path.exists(os.path.join(cfg.job_dir, name)):
+                shutil.move(os.path.join(cfg.job_dir, name), archive)
+        log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
     # Whole or not at all: the other ranks of a resumed run read it as rank 0 writes.
     write_json_atomic(run_file, {"identity": identity, "config": asdict(cfg)})
     if resume_from:
