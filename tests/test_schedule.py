@@ -145,3 +145,32 @@ def test_accumulating_runs_validate_and_checkpoint_every_n_optimizer_steps(tmp_p
                                                        "--max-steps", "6", "--validate-every-n-steps", "3"))
     # after steps 3 and 6 (labelled by step index, as the training curves): not after 3 and 6 batches
     assert [step for step, _ in scalars(job, "val/loss")] == [2, 5]
+
+
+def test_several_processes_stop_at_the_step_one_process_stops_at(monkeypatch):
+    """--max-time under DDP: rank 0's clock is broadcast every 10 steps; in between it is carried forward at the
+    broadcast seconds a step, so the ranks stop together at the step one process would (not up to 9 later)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from training import trainer_setup
+    from training.trainer_setup import TrainingClock
+
+    def stop_step(world_size: int) -> int:
+        now = [0.0]
+        monkeypatch.setattr(trainer_setup.time, "perf_counter", lambda: now[0])
+        clock = TrainingClock(log_every_n_steps=10_000, max_seconds=25.5, sync_every_n_steps=10)
+        strategy = SimpleNamespace(broadcast=lambda value, src: value, root_device=torch.device("cpu"))
+        trainer = SimpleNamespace(world_size=world_size, global_step=0, should_stop=False, is_global_zero=True,
+                                  strategy=strategy, precision="32-true")
+        module = SimpleNamespace(seen=torch.zeros(3))
+        clock.on_train_start(trainer, module)
+        while not trainer.should_stop:
+            clock.on_train_batch_start(trainer, module, None, trainer.global_step)
+            now[0] += 1.0 + 0.01 * (trainer.global_step % 3)  # about a second a step, not exactly
+            trainer.global_step += 1
+            clock.on_train_batch_end(trainer, module, None, None, trainer.global_step)
+        return trainer.global_step
+
+    assert stop_step(2) == stop_step(1) == 26

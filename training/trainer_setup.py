@@ -151,8 +151,9 @@ class TrainingClock(Callback):
     measured over the interval, before that step's checkpoint, and flushes them with each checkpoint.
 
     `budget_seconds` is what the learning-rate schedule and the stop read: the live clock on one
-    process; with several, rank 0's clock, broadcast every `sync_every_n_steps` optimizer steps, so that
-    every rank sets the same rate and stops at the same step.
+    process; with several, rank 0's clock and its seconds a step, broadcast every `sync_every_n_steps`
+    optimizer steps and carried forward a step at a time in between, so that every rank sets the same rate
+    and stops at the same step, the one a single process would stop at (give or take the rate's drift).
     """
 
     def __init__(self, log_every_n_steps: int, config: RobertaConfig | None = None, seq_len: int = 128,
@@ -170,10 +171,13 @@ class TrainingClock(Callback):
         self._last_log: tuple[float, int, int, int] | None = None
         self.max_seconds, self.sync_every_n_steps = max_seconds, sync_every_n_steps
         self._world_size, self._synced, self._last_step = 1, 0.0, -1
+        self._synced_step, self._step_seconds, self._rate_from = 0, 0.0, (0.0, 0)
 
     @property
     def budget_seconds(self) -> float:
-        return self.seconds if self._world_size == 1 else self._synced
+        if self._world_size == 1:
+            return self.seconds
+        return self._synced + self._step_seconds * max(0, self._last_step - self._synced_step)
 
     @property
     def seconds(self) -> float:
@@ -195,7 +199,11 @@ class TrainingClock(Callback):
                            batch_idx: int) -> None:
         stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
         if stepped and self._world_size > 1 and trainer.global_step % self.sync_every_n_steps == 0:
-            self._synced = trainer.strategy.broadcast(self.seconds, src=0)
+            now, (then, step_then) = self.seconds, self._rate_from
+            rate = (now - then) / (trainer.global_step - step_then) if trainer.global_step > step_then else 0.0
+            self._rate_from = (now, trainer.global_step)
+            self._synced, self._step_seconds = trainer.strategy.broadcast((now, rate), src=0)  # rank 0's, on all
+            self._synced_step = trainer.global_step
         if stepped and self.max_seconds is not None and self.budget_seconds >= self.max_seconds:
             if not trainer.should_stop and trainer.is_global_zero:
                 log.info("--max-time: %.0f s of training reached at step %d", self.max_seconds, trainer.global_step)
@@ -238,6 +246,8 @@ class TrainingClock(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._world_size, self._synced, self._last_step = trainer.world_size, self.prior_seconds, trainer.global_step
+        self._synced_step, self._step_seconds = trainer.global_step, 0.0
+        self._rate_from = (self.prior_seconds, trainer.global_step)
         if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
             trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
         self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
