@@ -48,7 +48,8 @@ def run_main(main: Callable[[], None]) -> int:
         print(f"error: {e.strerror or e}{where}; check free disk space and permissions, then re-run", file=sys.stderr)
         return 1
     except Interrupted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        if str(e):  # the other ranks of a multi-process run stop silently: rank 0 says it once
+            print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

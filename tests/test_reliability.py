@@ -233,6 +233,10 @@ def test_a_signal_while_lightning_sets_up_stops_every_rank_at_the_first_step(tmp
     result = run(train_args(pipeline_run, tmp_path / "job", "--max-steps", "50", "--devices", "2", "--strategy",
                             "ddp", "--batch-size", "8"), 128 + signal.SIGTERM, SIGNAL_AT_STEP="loader", SIGNAL_RANK=1)
     assert "stopped: by SIGTERM at step 1;" in result.stderr and final_state(tmp_path / "job")["global_step"] == 1
+    # two processes, one set of lines; the line about one rank names it
+    for line in ("stopped: by SIGTERM", "checkpoint saved at step", "device plan:", "schedule:", "sentences, fixed masks"):
+        assert result.stderr.count(line) == 1, (line, result.stderr[-3000:])
+    assert result.stderr.count("rank 1: received SIGTERM") == 1, result.stderr[-3000:]
 
 
 def test_sigusr1_under_slurm_saves_then_requeues_the_job(tmp_path, pipeline_run):

@@ -67,8 +67,26 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+class _OncePerRun(logging.Filter):
+    """Several processes, one set of lines: a line that says the same on every rank is printed by global rank 0
+    alone; a line about one rank (logged with extra={"each_rank": True}) is printed by each, naming it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        rank = getattr(rank_zero_only, "rank", 0) or 0  # from the launcher's environment, then the strategy's
+        if not getattr(record, "each_rank", False):
+            return rank == 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not record.msg.startswith("rank "):
+            record.msg = f"rank {rank}: {record.msg}"
+        return True
+
+
 def quiet_library_noise() -> None:
-    """Hide library messages that are advertising or deprecation chatter, not information about this run."""
+    """Hide library messages that are advertising or deprecation chatter, not information about this run; print
+    this run's own lines once, not once per process."""
+    if not any(isinstance(f, _OncePerRun) for f in log.filters):
+        log.addFilter(_OncePerRun())
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -187,8 +205,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     except StopRequested as stop:  # every rank saved the checkpoint at the same step
         if stop.signum == signal.SIGUSR1 and trainer.is_global_zero:
             requeue_slurm_job()
-        raise Interrupted(f"by {signal.Signals(stop.signum).name} at step {trainer.global_step}; checkpoint in "
-                          f"{last.path}; run the same command again to resume", stop.signum) from None
+        message = (f"by {signal.Signals(stop.signum).name} at step {trainer.global_step}; checkpoint in {last.path}; "
+                   "run the same command again to resume") if trainer.is_global_zero else ""  # said once, by rank 0
+        raise Interrupted(message, stop.signum) from None
     finally:
         datamodule.shutdown_workers()
     if module.last_validated_step != trainer.global_step:  # stopped between validations (or by --max-time)

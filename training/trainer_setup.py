@@ -66,7 +66,7 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = signum
         log.warning("received %s: saving a checkpoint at the next step%s", signal.Signals(signum).name,
-                    " (press Ctrl+C again to abort)" if signum == signal.SIGINT else "")
+                    " (press Ctrl+C again to abort)" if signum == signal.SIGINT else "", extra={"each_rank": True})
 
 
 class LastCheckpoint(Checkpoint):
