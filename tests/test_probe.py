@@ -7,7 +7,7 @@ import pytest
 from conftest import run_in_process
 from training.label_budget import sample_per_class, split_dev, summarise
 
-WORDS = {0: "apple pear plum", 1: "engine wheel brake", 2: "cotton wool silk"}
+WORDS = {0: "apple pear plum", 1: "engine wheel brake", 2: "cotton wool silk", 3: "oak pine birch"}
 
 
 def rows(counts: dict[int, int], tag: str = "train") -> list[tuple[str, int]]:
@@ -29,9 +29,9 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 
 def test_label_budget_sampling_is_k_per_class_stratified_and_seeded():
-    train = rows({0: 60, 1: 40, 2: 5})
+    train = rows({0: 60, 1: 40, 2: 2, 3: 1})
     picked = sample_per_class(train, 8, seed=1)
-    assert Counter(y for _, y in picked) == {0: 8, 1: 8, 2: 5}  # a class with fewer gives all it has
+    assert Counter(y for _, y in picked) == {0: 8, 1: 8, 2: 2, 3: 1}  # a class with fewer gives all it has
     assert set(picked) <= set(train) and len(set(picked)) == len(picked)
     assert sample_per_class(train, 8, seed=1) == picked
     assert set(sample_per_class(train, 8, seed=2)) != set(picked)
@@ -39,7 +39,8 @@ def test_label_budget_sampling_is_k_per_class_stratified_and_seeded():
 
     fit, dev = split_dev(picked, 0.25, seed=1)
     assert sorted(fit + dev) == sorted(picked) and not set(fit) & set(dev)
-    assert Counter(y for _, y in dev) == {0: 2, 1: 2, 2: 1}  # a quarter of each class, at least one
+    # a quarter of each class, at least one, none of a class of one (it could not be fitted)
+    assert Counter(y for _, y in dev) == {0: 2, 1: 2, 2: 1} and Counter(y for _, y in fit) == {0: 6, 1: 6, 2: 1, 3: 1}
     assert split_dev(picked, 0.25, seed=1) == (fit, dev)
 
 

@@ -114,16 +114,17 @@ def cite_in_model_card(model_dir: str, metrics: dict) -> None:
     recipe = metrics["recipe"]
     card += (f"\n\n{CARD_HEADING}\n\n{caption(metrics)}\n\n{curve_table(metrics)}\n\n"
              f"Encoders: mean of the token states and a linear head, learning rate ({', '.join(map(str, recipe['lrs']))}) "
-             f"and epochs (up to {recipe['max_epochs']}) chosen on a dev split of {recipe['dev_share']} of the drawn "
-             f"examples; TF-IDF: C chosen on the same split. Majority class accuracy: "
+             f"and epochs (up to {recipe['max_epochs']}) chosen on the dev examples; TF-IDF (word 1-2 grams, "
+             f"character 2-5 grams) + logistic regression: C chosen on the same. Majority class accuracy: "
              f"{metrics['majority_class_accuracy']}. Details: probe_metrics.json\n")
     with open(path, "w", encoding="utf-8") as f:
         f.write(card)
 
 
 def caption(metrics: dict) -> str:
-    return (f"Accuracy / macro-F1 on the same {metrics['test_examples']} held-out examples ({metrics['labels']} labels, "
-            f"{metrics['train_examples']} training examples to draw from); mean ± standard deviation over seeds.")
+    return (f"Accuracy / macro-F1 on the same {metrics['test_examples']} held-out examples ({metrics['labels']} labels), "
+            f"mean ± standard deviation over seeds. Labelled examples: drawn from {metrics['train_examples']} "
+            f"training examples, {metrics['recipe']['dev_share']} of them set aside to choose the settings.")
 
 
 def dropped_summary(dropped: dict[str, int], min_examples: int) -> str:
