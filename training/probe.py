@@ -4,7 +4,7 @@ import random
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def predict(model: torch.nn.Module, tokenizer, texts: list[str], batch_size: int
     return torch.cat(out).numpy()
 
 
-def train_encoder(make_model: Callable[[], torch.nn.Module], tokenizer, fit: Rows, dev: Rows, lrs: list[float],
+def train_encoder(make_model: Callable[[], torch.nn.Module], tokenizer, fit: Rows, dev: Rows, lrs: Sequence[float],
                   epochs: int, min_steps: int, batch_size: int, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fine-tune a fresh model with each learning rate, scoring `dev` after every epoch; return the model with
     the weights of the best (learning rate, epoch) and that choice. At least `min_steps` optimizer steps per
@@ -106,7 +106,7 @@ def train_encoder(make_model: Callable[[], torch.nn.Module], tokenizer, fit: Row
     steps_per_epoch = -(-len(fit) // batch_size)
     n_epochs = max(epochs, -(-min_steps // steps_per_epoch))
     total = n_epochs * steps_per_epoch
-    warmup = max(1, total // 10)  # a randomly initialised encoder diverges at 1e-3 without one
+    warmup = max(1, total // 10)
     best_state, choice = None, None
     for lr in lrs:
         model = make_model()
@@ -139,7 +139,7 @@ METHODS = {"pretrained": "this model", "random_init": "random initialisation",
 
 
 def run_probe(model_dir: str, data: dict[str, Any], budgets: list[int | None], seeds: int = 3,
-              lrs: list[float] = (2e-4, 1e-3), epochs: int = 3, min_steps: int = 60, batch_size: int = 32,
+              lrs: Sequence[float] = (2e-4, 1e-3), epochs: int = 3, min_steps: int = 60, batch_size: int = 32,
               dev_share: float = 0.2, seed: int = 42) -> dict[str, Any]:
     """The label-budget curve: for each k (labelled examples per class, None = all) and each of `seeds` draws of
     them (one for all), the three methods fit on the same examples, choose their settings on the same dev split
