@@ -12,7 +12,7 @@ DEMO_STEPS ?= 1500
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,probe]"
 	touch $@
 
 install: $(VENV)/.installed

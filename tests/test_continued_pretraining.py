@@ -58,16 +58,19 @@ def test_probe_compares_pretrained_with_random_init(tmp_path, pipeline_run, samp
     run_script("training/export_model.py", "--checkpoint", os.path.join(pipeline_run["job"], "checkpoints", "last.ckpt"),
                "--output-dir", str(model_dir))
     (model_dir / "README.md").write_text("# card\n")
-    run_script("training/run_probe.py", "--model-dir", str(model_dir), "--data-files", sample_tsv, "--epochs", "1",
-               "--min-examples", "5")
+    result = run_script("training/run_probe.py", "--model-dir", str(model_dir), "--data-files", sample_tsv,
+                        "--epochs", "1", "--min-examples", "5", "--budgets", "4", "all", "--seeds", "2",
+                        "--min-steps", "0", "--lr", "1e-3")
     metrics = json.load(open(model_dir / "probe_metrics.json"))
-    assert metrics["labels"] == 5 and metrics["test_examples"] > 10
-    for name in ("pretrained", "random_init"):
+    assert metrics["labels"] == 5 and metrics["test_examples"] > 10 and list(metrics["curve"]) == ["4", "all"]
+    for name in ("pretrained", "random_init", "tfidf_logreg"):
         assert 0 <= metrics[name]["accuracy"] <= 1 and 0 <= metrics[name]["macro_f1"] <= 1
+        assert metrics["curve"]["4"][name]["seeds"] == 2
     # two different encoders were probed (the same weights twice would give the same numbers)
     assert metrics["pretrained"]["loss"] != metrics["random_init"]["loss"] > 0
     card = (model_dir / "README.md").read_text()
-    assert "## Downstream probe" in card and str(metrics["pretrained"]["accuracy"]) in card
+    row = f"| all | {metrics['train_examples']} | {metrics['pretrained']['accuracy']:.3f} / "
+    assert "## Downstream probe" in card and row in card and row in result.stdout
 
 
 @pytest.mark.parametrize("content, args, words", [
