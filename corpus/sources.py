@@ -228,7 +228,35 @@ def _tsv_header(line: bytes, path: str) -> list[str]:
 
 
 def _decompressed(path: str, chunk_bytes: int) -> Iterator[bytes]:
-    """The bytes of a plain or gzipped file (several gzip members too), in large blocks."""
+    """The bytes of a plain or gzipped file (several gzip members too), in large blocks.
+
+    A local gzip is inflated by pyarrow's codec, a third faster than the zlib module's here and without the
+    GIL too; what it does not take (NUL padding after a member, bytes that are not gzip) goes to the zlib
+    reader, from where pyarrow stopped, which skips the padding or names the fault."""
+    if not file_name(path).lower().endswith(".gz") or is_remote(path):
+        yield from _inflated(path, chunk_bytes)
+        return
+    import pyarrow as pa
+
+    done = 0
+    try:
+        with pa.input_stream(path, compression="gzip", buffer_size=chunk_bytes) as inflate:
+            while block := inflate.read(4 * chunk_bytes):
+                done += len(block)
+                yield block
+        return
+    except OSError as e:
+        if e.errno is not None:
+            raise
+        if "truncated" in str(e).lower():
+            raise EOFError("it ends before its end-of-stream marker: the file is truncated") from e
+    for block in _inflated(path, chunk_bytes):
+        yield block[done:] if done < len(block) else b""
+        done = max(0, done - len(block))
+
+
+def _inflated(path: str, chunk_bytes: int) -> Iterator[bytes]:
+    """`_decompressed`, by Python's zlib module: any file, local or remote."""
     with open_binary(path) as raw:
         if not file_name(path).lower().endswith(".gz"):
             yield from iter(lambda: _read_full(raw, 4 * chunk_bytes), b"")

@@ -490,3 +490,19 @@ def test_every_error_of_the_read_ahead_thread_reaches_the_reader(tmp_path, monke
     reader.join(timeout=20)
     assert not reader.is_alive(), "the reader waits forever for a thread that died"
     assert seen == [("first line",)] and isinstance(raised[0], (type(error), sources.PipelineError))
+
+
+def test_gzip_members_padded_with_nul_bytes_are_read_whole(tmp_path):
+    """Some tools pad a gzip file with NUL bytes after a member: the reader skips them, as gzip(1) does."""
+    from corpus import sources
+
+    lines = [f"line {i}" for i in range(20_000)]
+    data = gzip.compress("\n".join(lines[:12_000]).encode() + b"\n") + b"\0" * 512 + \
+        gzip.compress("\n".join(lines[12_000:]).encode() + b"\n") + b"\0" * 4096
+    (tmp_path / "padded.txt.gz").write_bytes(data)
+    got = [line for batch in sources.read_text_lines(str(tmp_path / "padded.txt.gz"), None, sources.SourceStats())
+           for (line,) in batch]
+    assert got == lines
+    (tmp_path / "garbage.txt.gz").write_bytes(gzip.compress(b"a\n") + b"not gzip at all")
+    with pytest.raises(UsageError, match="is not a readable gzip"):
+        list(sources.read_text_lines(str(tmp_path / "garbage.txt.gz"), None, sources.SourceStats()))
