@@ -74,6 +74,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, pipeline_run, 
         stopped = run(job_args(pipeline_run, tmp_path / "killed", *common), 128 + getattr(signal, name),
                       SIGNAL_AT_STEP=stop_at - 1, **interrupt)
         assert f"stopped: by {name} at step {stop_at};" in stopped.stderr and "Traceback" not in stopped.stderr
+        # saved as the validation began, not after it: the resumed run validates that step (the curves below)
+        assert f"validation at step {stop_at} took" not in stopped.stderr, stopped.stderr[-3000:]
     assert final_state(tmp_path / "killed")["global_step"] == stop_at
     assert os.listdir(tmp_path / "killed" / "checkpoints") == ["last.ckpt"]
     resumed = run(job_args(pipeline_run, tmp_path / "killed", *common))

@@ -196,6 +196,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                                                       max_seconds and f"{max_seconds:.0f} s of training") if x),
              effective_batch, cfg.batch_size, cfg.accumulate_grad_batches, trainer.world_size)
     module.elapsed_seconds = lambda: clock.budget_seconds  # the schedule reads the clock that stops the run
+    module.before_validation_step = lambda batch_idx: last.stop_before_validating(trainer, batch_idx)
     try:
         with signals:
             trainer.fit(module, datamodule=datamodule, ckpt_path=last.resume_from, weights_only=False)  # our file

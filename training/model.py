@@ -1,5 +1,6 @@
 """The LightningModule: a RoBERTa trained with the masked-LM objective."""
 import math
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -177,6 +178,7 @@ class MaskedLMModule(pl.LightningModule):
         self._window_masked: torch.Tensor | None = None  # labels in this optimizer step's batches so far
         self._window_bad: torch.Tensor | None = None
         self.elapsed_seconds = lambda: 0.0  # training seconds so far, the same on every rank (TrainingClock)
+        self.before_validation_step: Callable[[int], None] = lambda batch_idx: None  # LastCheckpoint's stop
         self.last_validated_step = -1
         self.total_train_tokens = 0  # over all ranks, set with each checkpoint
         self.samples_consumed = 0  # of the training stream, all ranks: where a resume goes on (TrainingStream)
@@ -307,6 +309,7 @@ class MaskedLMModule(pl.LightningModule):
         self._val_sums = torch.zeros(3, dtype=accumulator_dtype(self.device), device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.before_validation_step(batch_idx)
         loss, correct, n = masked_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           masked_most=batch.get("masked_most"), masked_total=batch.get("masked_total"))
         dtype = self._val_sums.dtype
