@@ -271,6 +271,10 @@ def bench_2023(args: argparse.Namespace) -> None:
                 [sys.executable, "corpus/run_corpus_generation.py", "--data-files", path, "--output-dir", out,
                  "--overwrite", "--no-progress", *extra], env)[:2]
     path = inputs[args.rows]
+    results["ours_text_num_proc_2"] = measure(  # the flag a user with a second core would add for the reviews
+        [sys.executable, "corpus/run_corpus_generation.py", "--data-files", path, "--output-dir",
+         os.path.join(args.workdir, "out2023_text"), "--overwrite", "--no-progress", "--text-column", "text",
+         "--num-proc", "2"], env)[:2]
     for name in ("j2_title", "j2_text", "j3"):
         out = os.path.join(args.workdir, f"out2023_{name}")
         subprocess.run(["rm", "-rf", out])
