@@ -9,6 +9,24 @@ import sys
 from typing import Any, Callable, NoReturn
 
 
+def check_own_checkout(script: str) -> None:
+    """Stop in one line when Python imports this project's packages from somewhere else than the checkout the
+    script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside the
+    script, would run. No sys.path edits (the style guide): the fix is the user's (docs/troubleshooting.md).
+    A script calls it first; were this module another checkout's, its own location would give that away."""
+    from importlib.util import find_spec
+
+    here = os.path.dirname(os.path.dirname(os.path.realpath(script)))
+    for name in ("common", "corpus", "tokenizer", "training"):
+        spec = find_spec(name)
+        where = os.path.realpath(spec.origin) if spec and spec.origin else None
+        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
+        if home != here:
+            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
+                     f"run `pip install -e {here}` to use this checkout"
+                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
+
+
 class UsageError(Exception):
     """The command line or its inputs are wrong (exit code 2)."""
 

@@ -98,4 +98,4 @@ def test_a_script_with_nothing_installed_says_how_to_install(two_clones):
     result = run(["-S", os.path.join(b, "training/run_training.py"), "--help"], b, None)  # -S: no site-packages
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert f"imports 'common' from nowhere; run `pip install -e {b}`" in line
+    assert "this project is not installed; run `pip install -e .` in its checkout" in line

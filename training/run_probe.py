@@ -15,26 +15,13 @@ pip install -e '.[probe]'.
 import argparse
 import os
 import sys
-from importlib.util import find_spec
 
 
-def check_own_checkout() -> None:
-    """Stop in one line when Python would import this project's packages from somewhere else than the checkout
-    this script is in (an editable install of another clone, a stray PYTHONPATH): that code, not the code beside
-    the script, would run. Here, not in common.py, since common itself may be the other checkout's; no sys.path
-    edits (the style guide), so the fix is the user's: docs/troubleshooting.md."""
-    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    for name in ("common", "corpus", "tokenizer", "training"):
-        spec = find_spec(name)
-        where = os.path.realpath(spec.origin) if spec and spec.origin else None
-        home = where and os.path.dirname(where if name == "common" else os.path.dirname(where))
-        if home != here:
-            sys.exit(f"error: this script is in {here} but Python imports {name!r} from {where or 'nowhere'}; "
-                     f"run `pip install -e {here}` to use this checkout"
-                     + (f", or run the script in {home}" if home else "") + " (see docs/troubleshooting.md)")
-
-
-check_own_checkout()
+try:  # common first: it checks that the packages Python imports are this checkout's
+    import common
+except ImportError:
+    sys.exit("error: this project is not installed; run `pip install -e .` in its checkout (docs/troubleshooting.md)")
+common.check_own_checkout(__file__)
 
 from common import ArgumentParser, UsageError, run_main, write_json_atomic
 from corpus.run_corpus_generation import SAMPLE_FILE
