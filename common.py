@@ -1,6 +1,7 @@
 """What the three steps share: their error types, the runner that turns those into one line and an exit
 code, and atomic publishing of a finished output directory or JSON file."""
 import argparse
+import errno
 import json
 import os
 import secrets
@@ -102,16 +103,27 @@ def replace_durably(temporary: str, path: str) -> None:
 
 
 def fsync_path(path: str) -> None:
-    """fsync a file or a directory by its name (a directory: its entries, such as a rename in it)."""
+    """fsync a file or a directory by its name (a directory: its entries, such as a rename in it). Filesystems
+    that cannot fsync a directory (SMB/CIFS, sshfs, gocryptfs: EINVAL or ENOTSUP) are let be, as borg and
+    PostgreSQL do: there the rename is as durable as they make it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if not (os.path.isdir(path) and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)):
+            raise
     finally:
         os.close(fd)
 
 
-def publish(staging: str, output_dir: str) -> None:
-    """Replace the output directory by the finished staging directory; the old one goes only now."""
+def publish(staging: str, output_dir: str, fsync_files: bool = False) -> None:
+    """Replace the output directory by the finished staging directory; the old one goes only now. With
+    `fsync_files`, its files reach the disk first (a writer that did not fsync them, such as save_pretrained)."""
+    if fsync_files:
+        for name in os.listdir(staging):
+            if os.path.isfile(os.path.join(staging, name)):
+                fsync_path(os.path.join(staging, name))
+        fsync_path(staging)
     old = None
     if os.path.isdir(output_dir):
         old = staging + ".old"

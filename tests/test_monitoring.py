@@ -121,3 +121,26 @@ def test_tensorboard_serves_the_scalars_and_the_fill_mask_table(two_runs):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_line_about_one_rank_names_it_under_srun_and_the_others_print_once(monkeypatch):
+    """srun sets SLURM_NTASKS, not WORLD_SIZE: the line about one rank still names it; other lines, rank 0 only."""
+    import logging
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from training.job import _OncePerRun
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+
+    def record(msg: str, **extra) -> logging.LogRecord:
+        r = logging.LogRecord("training", logging.WARNING, __file__, 1, msg, (), None)
+        r.__dict__.update(extra)
+        return r
+
+    once = _OncePerRun()
+    about_me = record("received SIGUSR1: saving a checkpoint at the next step", each_rank=True)
+    assert once.filter(about_me) and about_me.getMessage().startswith("rank 1: received SIGUSR1")
+    assert not once.filter(record("checkpoint saved at step 3"))

@@ -58,6 +58,54 @@ def test_a_published_corpus_reaches_the_disk_before_the_old_one_goes(tmp_path, m
     assert ("fsync", parent.st_dev, parent.st_ino) in events[renamed + 1 :], events
 
 
+def test_a_directory_that_cannot_be_fsynced_does_not_stop_the_run(tmp_path, monkeypatch):
+    """SMB/CIFS, sshfs and gocryptfs answer a directory's fsync with EINVAL or ENOTSUP: the write goes on."""
+    import errno
+
+    from common import write_json_atomic
+
+    fsync = os.fsync
+
+    def refusing_directories(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refusing_directories)
+    write_json_atomic(str(tmp_path / "run_config.json"), {"seed": 1})
+    assert json.loads((tmp_path / "run_config.json").read_text()) == {"seed": 1}
+
+
+def test_an_export_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    from common import publish
+
+    staging, out = tmp_path / "staging", tmp_path / "model"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"weights")
+    events = record_renames_and_fsyncs(monkeypatch)
+    file = os.stat(staging / "model.safetensors")
+    publish(str(staging), str(out), fsync_files=True)
+    assert ("fsync", file.st_dev, file.st_ino) in events[: events.index(("replace", str(out)))]
+
+
+def test_a_stop_signal_before_a_validating_step_is_seen_there_whatever_the_check_interval():
+    """On GPUs the ranks agree on a signal every 10 steps; a step that validates is checked too, or a signal
+    would wait for a whole validation (validate every 25, check every 10)."""
+    from types import SimpleNamespace
+
+    from training.trainer_setup import LastCheckpoint, StopSignals
+
+    signals = StopSignals()
+    last = LastCheckpoint("unused.ckpt", every_n_steps=500, validate_every_n_steps=25, check_every_n_steps=10,
+                          signals=signals)
+    trainer = SimpleNamespace(global_step=24, world_size=1, should_stop=False)
+    last.on_train_start(trainer, None)
+    signals.received = signal.SIGTERM
+    trainer.global_step = 25
+    last.on_train_batch_end(trainer, None, None, None, 0)
+    assert last._stop_at_validation == signal.SIGTERM
+
+
 def test_checkpoints_reach_the_disk_before_and_after_their_rename(tmp_path, monkeypatch):
     from training.trainer_setup import AtomicCheckpointIO
 

@@ -157,20 +157,26 @@ def test_several_processes_stop_at_the_step_one_process_stops_at(monkeypatch):
     from training import trainer_setup
     from training.trainer_setup import TrainingClock
 
-    def stop_step(world_size: int) -> int:
+    def stop_step(world_size: int, first_step: float = 1.0, max_seconds: float = 25.5) -> tuple[int, float]:
         now = [0.0]
         monkeypatch.setattr(trainer_setup.time, "perf_counter", lambda: now[0])
-        clock = TrainingClock(log_every_n_steps=10_000, max_seconds=25.5, sync_every_n_steps=10)
+        clock = TrainingClock(log_every_n_steps=10_000, max_seconds=max_seconds, sync_every_n_steps=10)
         strategy = SimpleNamespace(broadcast=lambda value, src: value, root_device=torch.device("cpu"))
         trainer = SimpleNamespace(world_size=world_size, global_step=0, should_stop=False, is_global_zero=True,
                                   strategy=strategy, precision="32-true")
         module = SimpleNamespace(seen=torch.zeros(3))
         clock.on_train_start(trainer, module)
+        budgets = []
         while not trainer.should_stop:
             clock.on_train_batch_start(trainer, module, None, trainer.global_step)
-            now[0] += 1.0 + 0.01 * (trainer.global_step % 3)  # about a second a step, not exactly
+            now[0] += first_step if trainer.global_step == 0 else 1.0 + 0.01 * (trainer.global_step % 3)
             trainer.global_step += 1
             clock.on_train_batch_end(trainer, module, None, None, trainer.global_step)
+            budgets.append(clock.budget_seconds)
+        assert budgets == sorted(budgets), "the schedule's clock went back"
+        assert clock.state_dict()["seconds"] >= max_seconds  # a run resumed after the stop does not train on
         return trainer.global_step
 
     assert stop_step(2) == stop_step(1) == 26
+    # a first step that carries start-up (40 s: compiling, the first kernels) is not carried forward
+    assert stop_step(2, first_step=40.0, max_seconds=60.0) == stop_step(1, first_step=40.0, max_seconds=60.0) == 21

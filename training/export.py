@@ -22,6 +22,6 @@ def export_model(model: RobertaForMaskedLM, tokenizer: PreTrainedTokenizerBase, 
         for name, content in (extra_files or {}).items():
             with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
                 f.write(content if isinstance(content, str) else json.dumps(content, indent=2) + "\n")
-        publish(staging, output_dir)
+        publish(staging, output_dir, fsync_files=True)  # save_pretrained writes without fsync
     finally:
         shutil.rmtree(staging, ignore_errors=True)

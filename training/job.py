@@ -67,6 +67,14 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+def world_size() -> int:
+    """The processes of this run: the process group's, else the launcher's (torchrun and Lightning set WORLD_SIZE,
+    srun SLURM_NTASKS)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+
+
 class _OncePerRun(logging.Filter):
     """Several processes, one set of lines: a line that says the same on every rank is printed by global rank 0
     alone; a line about one rank (logged with extra={"each_rank": True}) is printed by each, naming it."""
@@ -77,7 +85,7 @@ class _OncePerRun(logging.Filter):
         rank = getattr(rank_zero_only, "rank", 0) or 0  # from the launcher's environment, then the strategy's
         if not getattr(record, "each_rank", False):
             return rank == 0
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not record.msg.startswith("rank "):
+        if world_size() > 1 and not record.msg.startswith("rank "):
             record.msg = f"rank {rank}: {record.msg}"
         return True
 

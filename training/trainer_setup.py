@@ -129,8 +129,9 @@ class LastCheckpoint(Checkpoint):
         stepped, self._last_step = step != self._last_step, step
         if not stepped:  # mid-way through accumulating: a checkpoint never lacks gradients its data counts as done
             return
-        signum = self._stop_signal(trainer) if step % self.check_every_n_steps == 0 else 0
         validates = step % self.validate_every_n_steps == 0 or trainer.should_stop  # Lightning validates on a stop
+        # checked before every validation too (the same steps on every rank), or a signal would wait for a whole one
+        signum = self._stop_signal(trainer) if step % self.check_every_n_steps == 0 or validates else 0
         if signum and validates:
             self._stop_at_validation = signum  # saved and stopped as the validation's first step runs
         elif signum:
@@ -178,7 +179,8 @@ class TrainingClock(Callback):
         self._last_log: tuple[float, int, int, int] | None = None
         self.max_seconds, self.sync_every_n_steps = max_seconds, sync_every_n_steps
         self._world_size, self._synced, self._last_step = 1, 0.0, -1
-        self._synced_step, self._step_seconds, self._rate_from = 0, 0.0, (0.0, 0)
+        self._synced_step, self._step_seconds = 0, 0.0
+        self._rate_from: tuple[float, int | None] = (0.0, None)  # (seconds, step) the next rate is measured from
 
     @property
     def budget_seconds(self) -> float:
@@ -206,11 +208,14 @@ class TrainingClock(Callback):
                            batch_idx: int) -> None:
         stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
         if stepped and self._world_size > 1 and trainer.global_step % self.sync_every_n_steps == 0:
+            # The rate of the last interval, none for the first after a (re)start: its first step carries start-up
+            # (compiling, the device's first kernels), which carried forward would end the run early.
             now, (then, step_then) = self.seconds, self._rate_from
-            rate = (now - then) / (trainer.global_step - step_then) if trainer.global_step > step_then else 0.0
+            rate = (now - then) / (trainer.global_step - step_then) if step_then is not None else 0.0
             self._rate_from = (now, trainer.global_step)
-            self._synced, self._step_seconds = trainer.strategy.broadcast((now, rate), src=0)  # rank 0's, on all
-            self._synced_step = trainer.global_step
+            now, rate = trainer.strategy.broadcast((now, rate), src=0)  # rank 0's, on every rank
+            self._synced = max(now, self.budget_seconds)  # never back: the schedule reads it every step
+            self._step_seconds, self._synced_step = rate, trainer.global_step
         if stepped and self.max_seconds is not None and self.budget_seconds >= self.max_seconds:
             if not trainer.should_stop and trainer.is_global_zero:
                 log.info("--max-time: %.0f s of training reached at step %d", self.max_seconds, trainer.global_step)
@@ -254,7 +259,7 @@ class TrainingClock(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._world_size, self._synced, self._last_step = trainer.world_size, self.prior_seconds, trainer.global_step
         self._synced_step, self._step_seconds = trainer.global_step, 0.0
-        self._rate_from = (self.prior_seconds, trainer.global_step)
+        self._rate_from = (self.prior_seconds, None)
         if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
             trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
         self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
@@ -273,7 +278,8 @@ class TrainingClock(Callback):
         self._pause()
 
     def state_dict(self) -> dict[str, float]:
-        return {"seconds": self.seconds}
+        # with several processes, the clock that decided the stop: a run resumed after it must not train on
+        return {"seconds": max(self.seconds, self.budget_seconds)}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.prior_seconds = self._synced = state_dict.get("seconds", 0.0)
