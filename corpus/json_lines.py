@@ -65,8 +65,8 @@ class JsonLinesBlocks:
         """The rows of a block of whole lines (it ends with b"\\n"), in order, bad lines left out."""
         lines = data.count(b"\n")
         first, self.line = self.line, self.line + lines
-        if self.parse_options is None:
-            return self._first_block(data, first, lines)
+        if self.parse_options is None and not self._choose_columns(data):
+            return []  # blank lines only, so far: the next block chooses the columns
         try:
             return self._fast(data, lines)
         except Exception:  # pyarrow refused the block (ArrowInvalid, a UnicodeDecodeError): find the lines at fault
@@ -114,8 +114,9 @@ class JsonLinesBlocks:
                 self.stats.drop_line("bad_type", self.path, number)
         return rows
 
-    def _first_block(self, data: bytes, first: int, lines: int) -> list[tuple]:
-        """Check the file's first lines, choose and type the columns, then parse the block."""
+    def _choose_columns(self, data: bytes) -> bool:
+        """Check the file's first lines, choose the columns and type them for pyarrow; False while the file has
+        shown nothing but blank lines."""
         sample, bad = [], 0
         for line in data.split(b"\n", JSON_SAMPLE_LINES)[:JSON_SAMPLE_LINES]:
             if line.strip():
@@ -128,23 +129,26 @@ class JsonLinesBlocks:
                 else:
                     bad += 1
         if not sample and not bad:
-            return []  # blank lines only, so far: the next block chooses the columns
+            return False
         if bad > (len(sample) + bad) / 2:
             raise UsageError(f"{self.path!r} is not JSON Lines: {bad} of its first {len(sample) + bad} lines are "
                              "not JSON objects; pass one object per line (a .json array is read whole) or check "
                              "--data-files")
         keys = list(dict.fromkeys(k for row in sample for k in row))
-        self.paths = [self._path(c, sample, keys) for c in self._columns(keys)]
+        kinds = {}  # each path's value types in the sample, read once for the check and the schema
+        columns = self._columns(keys)
+        self.paths = [self._path(column, keys) for column in columns]
+        for column, path in zip(columns, self.paths):
+            found = [type_name(v) for v in (value_at(row, path) for row in sample) if v is not None]
+            self._check_text(column, path, found, sample)
+            kinds[path] = max(set(found), key=found.count) if found else "string"
         self.stats.columns = [".".join(p) for p in self.paths]
         if self.stats.columns == ["title"] and REVIEW_2023_KEYS <= set(keys):
             self.stats.note = ("this is an Amazon Reviews 2023 review file: its `title` is the review's headline; "
                                "pass --text-column text for the reviews, or read the meta_*.jsonl files for product "
                                "titles")
-        self.parse_options = self._parse_options(sample)
-        try:
-            return self._fast(data, lines)
-        except Exception:
-            return self._slow(data, first)
+        self.parse_options = self._parse_options(kinds, sample)
+        return True
 
     def _columns(self, keys: list[str]) -> list[str]:
         from corpus.sources import DEFAULT_TEXT_COLUMNS
@@ -153,37 +157,38 @@ class JsonLinesBlocks:
             return [next((c for c in DEFAULT_TEXT_COLUMNS if c in keys), DEFAULT_TEXT_COLUMNS[0])]
         return self.requested
 
-    def _path(self, column: str, sample: list[dict], keys: list[str]) -> tuple[str, ...]:
-        """The key path of a column ("details.Brand" reads a nested key), checked against the sample."""
+    def _path(self, column: str, keys: list[str]) -> tuple[str, ...]:
+        """The key path of a column ("details.Brand" reads a nested key); its first key must be in the sample."""
         path = (column,) if column in keys else tuple(column.split("."))
         if path[0] not in keys:
             raise UsageError(f"column {column} not in {self.path!r}; its keys are: {', '.join(keys)} "
                              "(choose with --text-column; a dotted path such as details.Brand reads a nested key)")
-        found = [type_name(v) for v in (value_at(row, path) for row in sample) if v is not None]
-        if self.text and found and not any(t in TEXT_TYPES for t in found):
-            kind = max(set(found), key=found.count)
-            if kind == "object":
-                nested = list(dict.fromkeys(k for row in sample for k in (value_at(row, path) or {})))[:5]
-                hint = f"; read one of its keys with a dotted path, such as --text-column {column}.{nested[0]}" \
-                    if nested else ""
-                raise UsageError(f"column {column} of {self.path!r} holds objects, not text{hint}")
-            kinds = {"number": "numbers", "boolean": "booleans", "list of other values": "lists of non-strings"}
-            raise UsageError(f"column {column} of {self.path!r} holds {kinds.get(kind, kind)}, not text; choose a "
-                             "column of strings or lists of strings with --text-column")
         return path
 
-    def _parse_options(self, sample: list[dict]):
+    def _check_text(self, column: str, path: tuple[str, ...], found: list[str], sample: list[dict]) -> None:
+        """With `text`, a column whose sampled values are none of them text is refused, naming what they are."""
+        if not self.text or not found or any(t in TEXT_TYPES for t in found):
+            return
+        kind = max(set(found), key=found.count)
+        if kind == "object":
+            nested = list(dict.fromkeys(k for row in sample for k in (value_at(row, path) or {})))[:5]
+            hint = f"; read one of its keys with a dotted path, such as --text-column {column}.{nested[0]}" \
+                if nested else ""
+            raise UsageError(f"column {column} of {self.path!r} holds objects, not text{hint}")
+        kinds = {"number": "numbers", "boolean": "booleans", "list of other values": "lists of non-strings"}
+        raise UsageError(f"column {column} of {self.path!r} holds {kinds.get(kind, kind)}, not text; choose a "
+                         "column of strings or lists of strings with --text-column")
+
+    def _parse_options(self, kinds: dict[tuple[str, ...], str], sample: list[dict]):
         """pyarrow's parse options: the wanted key paths alone, typed as the sample has them."""
         import pyarrow as pa
         import pyarrow.json as pj
 
         tree: dict = {}
-        for path in self.paths:
+        for path, kind in kinds.items():
             node = tree
             for key in path[:-1]:
                 node = node.setdefault(key, {})
-            found = [type_name(v) for v in (value_at(row, path) for row in sample) if v is not None]
-            kind = max(set(found), key=found.count) if found else "string"
             if self.text:  # text is typed as text, so that pyarrow refuses a block with another type in it
                 kind = "list of strings" if kind == "list of strings" else "string"
             node[path[-1]] = _arrow_type(kind, sample, path)

@@ -137,10 +137,15 @@ def read_amazon_tsv(path: str, columns: list[str] | None, stats: SourceStats,
 
 
 def whole_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
-    """(the whole lines of carry + block, what is left of the last one); the last block, b"", ends the last line."""
-    data = carry + block if block else (carry + b"\n" if carry else b"")
-    whole = data.rfind(b"\n") + 1
-    return data[:whole], data[whole:]
+    """(the whole lines of carry + block, what is left of the last one); the last block, b"", ends the last line.
+
+    The block is copied once (not joined whole, then sliced): over a file, these copies are its whole size."""
+    if not block:
+        return (carry + b"\n" if carry else b""), b""
+    cut = block.rfind(b"\n") + 1
+    if not cut:
+        return b"", carry + block
+    return b"".join((carry, memoryview(block)[:cut])), block[cut:]
 
 
 def _text_lines(carry: bytes, block: bytes) -> tuple[bytes, bytes]:
@@ -199,13 +204,7 @@ def read_json_lines(path: str, columns: list[str] | None, stats: SourceStats,
     def parsed() -> Iterator[tuple[list[tuple], SourceStats]]:
         parser, carry = JsonLinesBlocks(redact(path), columns, SourceStats(), text), b""
         for block in _read_ahead(path):
-            cut = block.rfind(b"\n") + 1 if block else 0
-            if block and not cut:
-                carry += block
-                continue
-            # whole_lines' work, copying the block once: these copies are the whole file's size
-            data = b"".join((carry, memoryview(block)[:cut])) if block else (carry + b"\n" if carry else b"")
-            carry = block[cut:]
+            data, carry = whole_lines(carry, block)
             if data:  # each block's counts travel with its rows: the caller sees only the blocks it took
                 parser.stats = SourceStats()
                 yield parser.rows(data), parser.stats
