@@ -13,11 +13,9 @@ from training.masking import VALIDATION_MLM_PROBABILITY, MaskedLMCollator, pad_m
 from training.sampler import TrainingStream
 from training.sequences import FixedMaskedSample, KeyedSamples, PackedBlocks, Sentences
 from training.token_cache import encode_split, text_files
+from training.trainer_setup import STOP_SIGNALS
 
 log = logging.getLogger("training")
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # as training/trainer_setup.py handles them
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -99,14 +97,13 @@ class MaskedLMDataModule(pl.LightningDataModule):
         self.val_set = FixedMaskedSample(val, self.max_seq_length, bos, eos, val_collator, self.seed,
                                          self.max_val_sentences)
         self.val_sentences = len(val)
-        rank, world = self._rank()
+        _, world = self._rank()
         if len(self.val_set) < world:  # the same on every rank: all refuse, none waits for the others' sums
             raise UsageError(f"the validation sample has {len(self.val_set)} sentence(s) for {world} processes; "
                              "each must score at least one: raise --max-val-sentences (0 = all) or validate on "
                              "more sentences")
-        if rank == 0:
-            log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}",
-                     f"{len(val):,}", self.seed)
+        log.info("validation: %s of %s sentences, fixed masks (seed %d)", f"{len(self.val_set):,}", f"{len(val):,}",
+                 self.seed)  # by rank 0 alone, as every line of the training logger (training/job.py)
         self.train_collator = MaskedLMCollator(self.tokenizer, self.mlm_probability, mask_rule=self.mask_rule,
                                                packed=self.packing and not self.attend_across_sentences)
 

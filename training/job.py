@@ -17,7 +17,7 @@ from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, pars
                              step_budget, validate_config, warmup_ratio)
 from training.data_module import MaskedLMDataModule, start_worker_helpers
 from training.export import export_model
-from training.job_dir import check_job_dir, prepare_job_dir, read_run_config, resume_checkpoint
+from training.job_dir import check_job_dir, read_run_config, record_job_dir, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MaskedLMModule, perplexity
 from training.token_cache import file_sha256, files_fingerprint
@@ -196,7 +196,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     last.resume_from = check_job_dir(cfg, identity)
     resume_step = _checkpoint_step(last.resume_from) if last.resume_from else None
     if trainer.is_global_zero:
-        prepare_job_dir(cfg, identity)
+        record_job_dir(cfg, identity, last.resume_from)
     trainer.logger = tensorboard_logger(cfg.job_dir, resume_step)  # writes nothing off rank 0
     effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
     log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d processes)",

@@ -73,9 +73,14 @@ def check_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
 
 
 def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None:
-    """Check the job directory (see check_job_dir), archive an earlier run on --no-resume and record this one
-    (global rank 0 only); return the checkpoint to resume from, if any."""
+    """check_job_dir, then record_job_dir: one process's whole preparation; return the checkpoint to resume from."""
     resume_from = check_job_dir(cfg, identity)
+    record_job_dir(cfg, identity, resume_from)
+    return resume_from
+
+
+def record_job_dir(cfg: TrainingConfig, identity: dict[str, Any], resume_from: str | None) -> None:
+    """Archive an earlier run on --no-resume and record this one (global rank 0 only, once check_job_dir passed)."""
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
     run_file = os.path.join(cfg.job_dir, "run_config.json")
     if cfg.resume is False and (os.path.exists(last) or os.path.exists(run_file)):  # archived unread: torn or not
@@ -88,4 +93,3 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
     write_json_atomic(run_file, {"identity": identity, "config": asdict(cfg)})
     if resume_from:
         log.warning("resuming from %s", resume_from)
-    return resume_from
