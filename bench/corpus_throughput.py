@@ -30,6 +30,7 @@ import random
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,26 +136,39 @@ def generate_2023(path: str, rows: int, seed: int) -> None:
             f.write(("\n".join(lines) + "\n").encode())
 
 
+def plain_split(texts: Iterator[str], out: str) -> None:
+    """The plain loops' common part: normalise each text, keep a set of those seen, write each new one to its
+    split (the same hash rule as step 1)."""
+    from corpus.normalise import normalise_text
+    from corpus.splitting import is_validation, sentence_hash
+
+    seen = set()
+    files = {s: open(os.path.join(out, f"{s}.txt"), "w", encoding="utf-8") for s in ("train", "validation")}
+    for raw in texts:
+        text = normalise_text(raw)
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        files["validation" if is_validation(sentence_hash(text, 42), 0.1) else "train"].write(text + "\n")
+    for f in files.values():
+        f.close()
+
+
 def j2_plain_loop(path: str, out: str, column: str) -> int:
     """A plain loop over a JSON Lines file: json.loads per line, the same normalisation, a set of texts."""
     import json
 
-    from corpus.normalise import normalise_text
-    from corpus.splitting import is_validation, sentence_hash
+    lines = 0
 
-    seen, n = set(), 0
-    files = {s: open(os.path.join(out, f"{s}.txt"), "w", encoding="utf-8") for s in ("train", "validation")}
-    with gzip.open(path, "rb") as f:
-        for line in f:
-            n += 1
-            text = normalise_text(json.loads(line).get(column) or "")
-            if not text or text in seen:
-                continue
-            seen.add(text)
-            files["validation" if is_validation(sentence_hash(text, 42), 0.1) else "train"].write(text + "\n")
-    for f in files.values():
-        f.close()
-    return n
+    def texts() -> Iterator[str]:
+        nonlocal lines
+        with gzip.open(path, "rb") as f:
+            for line in f:
+                lines += 1
+                yield json.loads(line).get(column) or ""
+
+    plain_split(texts(), out)
+    return lines
 
 
 def j3_floor(path: str, out: str) -> int:
@@ -194,27 +208,21 @@ def r1_datasets_row_by_row(path: str, out: str) -> int:
 
 
 def r2_plain_loop(path: str, out: str) -> int:
-    from corpus.normalise import normalise_text
-    from corpus.splitting import is_validation, sentence_hash
+    rows = 0
 
-    seen, n = set(), 0
-    files = {s: open(os.path.join(out, f"{s}.txt"), "w", encoding="utf-8") for s in ("train", "validation")}
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        col, width = header.index("product_title"), len(header)
-        for line in f:
-            n += 1
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != width:
-                continue
-            title = normalise_text(fields[col])
-            if not title or title in seen:
-                continue
-            seen.add(title)
-            files["validation" if is_validation(sentence_hash(title, 42), 0.1) else "train"].write(title + "\n")
-    for f in files.values():
-        f.close()
-    return n
+    def titles() -> Iterator[str]:
+        nonlocal rows
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            col, width = header.index("product_title"), len(header)
+            for line in f:
+                rows += 1
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) == width:
+                    yield fields[col]
+
+    plain_split(titles(), out)
+    return rows
 
 
 def r3_floor(path: str, out: str) -> int:
