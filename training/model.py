@@ -183,6 +183,9 @@ class MaskedLMModule(pl.LightningModule):
         self.total_train_tokens = 0  # over all ranks, set with each checkpoint
         self.samples_consumed = 0  # of the training stream, all ranks: where a resume goes on (TrainingStream)
         self._step_log: tuple[torch.Tensor, float] | None = None  # (loss, accuracy) on the device, and the lr
+        self.first_step_loss: torch.Tensor | None = None  # on the device; set by a run that starts at step 0
+        self._interval_loss: torch.Tensor | None = None  # sum of the batches' losses since the last take, on the device
+        self._interval_batches = 0
 
     def setup(self, stage: str) -> None:
         # Lightning calls this before moving the model, so ask the strategy where it will run.
@@ -237,6 +240,10 @@ class MaskedLMModule(pl.LightningModule):
         self.seen[2] += n
         self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; TrainingClock writes the log
         self._step_log = (torch.stack([loss.detach().float(), correct / n.clamp(min=1)]), self.lr_schedulers().get_last_lr()[0])
+        if self.global_step == 0 and self.first_step_loss is None:
+            self.first_step_loss = loss.detach().float()
+        self._interval_loss = loss.detach().float() + (0 if self._interval_loss is None else self._interval_loss)
+        self._interval_batches += 1
         # A sum over this batch's labels; configure_gradient_clipping divides by all the step's labels.
         return loss * n / self.hparams.masked_per_batch
 
@@ -246,6 +253,16 @@ class MaskedLMModule(pl.LightningModule):
             return {}
         (loss, accuracy), lr = self._step_log[0].tolist(), self._step_log[1]
         return {"train/loss": loss, "train/mlm_accuracy": accuracy, "lr": lr}
+
+    def interval_losses(self) -> int:
+        """Batches trained since the last `take_interval_loss`."""
+        return self._interval_batches
+
+    def take_interval_loss(self) -> float:
+        """The mean training loss of the batches since the last call (one read-back from the device)."""
+        mean = float(self._interval_loss) / max(self._interval_batches, 1)
+        self._interval_loss, self._interval_batches = None, 0
+        return mean
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
