@@ -48,7 +48,7 @@ def test_peak_flops_are_the_dense_figures_of_each_hopper_chip():
              "NVIDIA H200": "h200 sxm", "NVIDIA H200 NVL": "h200 nvl", "NVIDIA A100-SXM4-80GB": None}
     assert {name: devices.hopper_chip(name) for name in names} == names
     assert devices.HOPPER_PEAK_FLOPS["h100 sxm"][0] == 989.4e12 and devices.HOPPER_PEAK_FLOPS["h100 nvl"][0] < 900e12
-    assert devices.peak_flops(torch.device("cpu"), "bf16-mixed") is None
+    assert devices.peak_flops(torch.device("mps"), "32-true") is None  # unknown: no MFU rather than a wrong one
     assert devices.peak_flops(torch.device("cpu"), "bf16-mixed", override_tflops=300) == 300e12
 
 

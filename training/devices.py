@@ -127,6 +127,13 @@ def plan_for_device(device: str, precision: str = "auto", attention: str = "auto
     )
 
 
+def device_kind(plan: DevicePlan) -> str:
+    """The row of config.SIZE_BY_BUDGET for this plan: "cpu" (float32), "cpu-bf16" or "gpu" (CUDA, MPS)."""
+    if plan.device != "cpu":
+        return "gpu"
+    return "cpu-bf16" if "bf16" in plan.precision else "cpu"
+
+
 def scaled(precision: str) -> bool:
     """True for float16 mixed precision: a gradient scaler unscales first, so the fused AdamW kernel is not used."""
     return precision in ("16-mixed", "16")
@@ -142,10 +149,49 @@ def default_attention(device: str) -> str:
     return "eager" if device == "cpu" else "sdpa"
 
 
+def cpu_peak_flops(precision: str, threads: int | None = None, cpuinfo: str | None = None,
+                   max_khz: int | None = None) -> tuple[float, str] | None:
+    """Peak dense FLOP/s of the cores torch computes on, for MFU, and how it was counted; None off x86.
+
+    threads x 2 FMA units x lanes x 2 (a fused multiply-add) x the clock: float32 lanes are 16 with AVX-512, 8
+    with AVX2; bf16 (bf16-mixed) doubles them with AVX512-BF16 and counts AMX tiles' 1,024 products a cycle.
+    An estimate (some CPUs have one AVX-512 FMA unit, or run AVX-512 at a lower clock); --peak-tflops overrides.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    if max_khz is None:
+        try:
+            with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+                max_khz = int(f.read())
+        except (OSError, ValueError):
+            mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+            max_khz = int(max(mhz) * 1000) if mhz else None
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags and "fma" in flags else 0
+    if not lanes or not max_khz:
+        return None
+    threads = threads or torch.get_num_threads()
+    per_cycle, what = 2 * lanes * 2, f"{lanes} float32 lanes"
+    if "bf16" in precision and "amx_bf16" in flags:
+        per_cycle, what = 2 * 1024, "AMX bf16 tiles"
+    elif "bf16" in precision and "avx512_bf16" in flags:
+        per_cycle, what = 2 * per_cycle, f"{2 * lanes} bf16 lanes"
+    ghz = max_khz / 1e6
+    return threads * per_cycle * ghz * 1e9, f"{threads} threads x 2 FMA units x {what} x 2 x {ghz:.2f} GHz"
+
+
 def peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> float | None:
-    """Peak dense FLOP/s of the GPU at this precision, for MFU; None where unknown (CPUs, unlisted GPUs)."""
+    """Peak dense FLOP/s of the device at this precision, for MFU; None where unknown (unlisted GPUs, MPS,
+    CPUs other than x86)."""
     if override_tflops:
         return override_tflops * 1e12
+    if device.type == "cpu":
+        peak = cpu_peak_flops(precision)
+        return peak[0] if peak else None
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

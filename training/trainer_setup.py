@@ -15,7 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from transformers import RobertaConfig
 
 from common import UsageError, replace_durably
-from training.devices import DevicePlan, peak_flops
+from training.devices import DevicePlan, cpu_peak_flops, peak_flops
 from training.model import flops_per_token
 
 log = logging.getLogger("training")
@@ -155,7 +155,7 @@ class LastCheckpoint(Checkpoint):
 class TrainingClock(Callback):
     """Seconds spent in training steps (validation excluded), kept across resumes; stops the run when
     they reach `max_seconds` (--max-time). Every `log_every_n_steps` steps it writes the step's loss,
-    accuracy and rate, tokens/s, and on GPUs the model FLOPs utilisation (MFU) at the masking rate
+    accuracy and rate, tokens/s, and (on GPUs and x86 CPUs) the model FLOPs utilisation (MFU) at the masking rate
     measured over the interval, before that step's checkpoint, and flushes them with each checkpoint.
 
     `budget_seconds` is what the learning-rate schedule and the stop read: the live clock on one
@@ -262,7 +262,11 @@ class TrainingClock(Callback):
         self._rate_from = (self.prior_seconds, None)
         if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
             trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
-        self.peak_flops = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
+        device = trainer.strategy.root_device
+        self.peak_flops = peak_flops(device, str(trainer.precision), self.peak_tflops)
+        if device.type == "cpu" and self.peak_flops and not self.peak_tflops:
+            log.info("MFU against this CPU's estimated peak: %.0f GFLOP/s (%s; --peak-tflops overrides)",
+                     self.peak_flops / 1e9, cpu_peak_flops(str(trainer.precision))[1])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -276,6 +280,15 @@ class TrainingClock(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
+
+    def session_mfu(self, pl_module: pl.LightningModule) -> float | None:
+        """This process's model FLOPs utilisation over its training seconds (validation excluded); None
+        where the peak is unknown."""
+        tokens, _, masked = pl_module.seen.tolist()
+        if not self.peak_flops or self.config is None or self._session_seconds <= 0 or not tokens:
+            return None
+        rate = masked / tokens
+        return tokens / self._session_seconds * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
 
     def state_dict(self) -> dict[str, float]:
         # with several processes, the clock that decided the stop: a run resumed after it must not train on
