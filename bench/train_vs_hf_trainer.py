@@ -4,11 +4,13 @@ time, and time to the Trainer's quality.
     python bench/train_vs_hf_trainer.py                       # generated corpus, 60, 150 and 600 s
     python bench/train_vs_hf_trainer.py --corpus-dir data/corpus --tokenizer data/tokenizer   # your text
     python bench/train_vs_hf_trainer.py --skip-trainer --seconds 150 --repeats 2 --try "--mlm-probability 0.15"
+    python bench/train_vs_hf_trainer.py --text-file reviews.txt --vocab-size 8000 --seconds 30 60 150 600
 
 Same corpus, tokenizer and model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), each run in a
 fresh process for the same seconds of training:
-  (a)  this project as a user with a time budget runs it: `--model-size tiny --max-time SECONDS` and
-       nothing else that shapes training (batch, rate, masking, schedule, precision are its defaults)
+  (a)  this project as a user with a time budget runs it: `--max-time SECONDS` and nothing else that shapes
+       training (model size, batch, rate, masking, schedule, precision are its defaults; on CPUs the budget
+       chooses tiny); its MFU and the step it left the unigram plateau are printed too
   (b1) transformers.Trainer + DataCollatorForLanguageModeling, line by line with dynamic padding
        (run_mlm.py --line_by_line, and the 2021 demo), batch 32, its tuned rate 5e-4, the RoBERTa config's
        defaults, 30 warmup steps, then linear decay over a horizon far beyond the budget
@@ -19,6 +21,8 @@ Every saved model is scored by one shared function on all validation lines, one 
 15% masked by the 80/10/10 rule at fixed positions (seeded). Then the time to quality: the smallest
 --max-time at which (a) reaches (b1)'s loss at --reference-seconds (600), found by bisection over
 budgets (each a fresh run, since the schedule is laid out over the budget), and 600 / that time.
+With --text-file (one text a line, e.g. real text you fetched) steps 1 and 2 run on it first, with step 2's
+--vocab-size, into --workdir; the table then has one row per corpus and vocabulary when run once per pair.
 """
 import argparse
 import json
@@ -113,6 +117,19 @@ def validation_loss(model_dir: str, tokenizer_dir: str, corpus: str, seed: int =
         return evaluate(model, sample, tokenizer.pad_token_id, 128, "32-true")["loss"]
 
 
+def prepare_text(workdir: str, text_file: str, vocab_size: int) -> tuple[str, str]:
+    """Steps 1 and 2 with defaults on a text file (one text a line), step 2 at `vocab_size`."""
+    name = os.path.splitext(os.path.basename(text_file))[0]
+    corpus, tokenizer = os.path.join(workdir, f"{name}-corpus"), os.path.join(workdir, f"{name}-tokenizer-{vocab_size}")
+    if not os.path.exists(os.path.join(corpus, "manifest.json")):
+        subprocess.run([sys.executable, "corpus/run_corpus_generation.py", "--data-files", text_file,
+                        "--output-dir", corpus, "--no-progress"], cwd=REPO, check=True)
+    if not os.path.exists(os.path.join(tokenizer, "tokenizer.json")):
+        subprocess.run([sys.executable, "tokenizer/run_tokenizer_fitting.py", "--corpus-dir", f"{corpus}/train",
+                        "--vocab-size", str(vocab_size), "--output-dir", tokenizer, "--no-progress"], cwd=REPO, check=True)
+    return corpus, tokenizer
+
+
 def prepare_data(workdir: str, rows: int) -> tuple[str, str]:
     from corpus_throughput import generate  # the sibling benchmark's generator
 
@@ -135,6 +152,8 @@ def main() -> None:
     p.add_argument("--corpus-dir", help="step 1 output (default: generated from --rows reviews)")
     p.add_argument("--tokenizer", help="step 2 output (default: fitted on the corpus)")
     p.add_argument("--rows", type=int, default=300_000, help="reviews to generate (default: %(default)s)")
+    p.add_argument("--text-file", help="run steps 1 and 2 on this text file (one text a line) instead")
+    p.add_argument("--vocab-size", type=int, default=30_000, help="step 2's, with --text-file (default: %(default)s)")
     p.add_argument("--seconds", type=float, nargs="+", default=[60, 150, 600],
                    help="training budgets; each is a separate comparison (default: %(default)s)")
     p.add_argument("--try", dest="try_flags", nargs="*", default=[], metavar="FLAGS",
@@ -143,6 +162,9 @@ def main() -> None:
                    help="(a) runs per setting and budget, seeds --seed, --seed+1...: the table gives the mean and the "
                         "spread (max - min) (default: %(default)s)")
     p.add_argument("--skip-trainer", action="store_true", help="only (a) and its --try variants (a sweep)")
+    p.add_argument("--trainer-seconds", type=float, nargs="+",
+                   help="budgets at which the Trainer recipes run (default: --seconds); e.g. --seconds 30 60 150 "
+                        "--trainer-seconds 600 gives the time-to-quality table's row for the cost of one Trainer run")
     p.add_argument("--recipes", nargs="+", choices=["b1", "b2"], default=["b1", "b2"],
                    help="which Trainer recipes to run (default: both)")
     p.add_argument("--target-loss", type=float,
@@ -166,16 +188,23 @@ def main() -> None:
                                 args.seconds[0], args.batch_size, args.lr, args.seed)
         print(json.dumps(result))
         return
-    corpus, tokenizer = (args.corpus_dir, args.tokenizer) if args.corpus_dir else prepare_data(args.workdir, args.rows)
+    if args.corpus_dir:
+        corpus, tokenizer = args.corpus_dir, args.tokenizer
+    elif args.text_file:
+        corpus, tokenizer = prepare_text(args.workdir, args.text_file, args.vocab_size)
+    else:
+        corpus, tokenizer = prepare_data(args.workdir, args.rows)
     settings = {"a  (this project, --max-time)": list(args.extra)}
     settings.update({f"a+ {variant}": shlex.split(variant) for variant in args.try_flags})
     table: dict[str, dict[float, list[dict]]] = {name: {} for name in settings}
     trainer: dict[float, dict] = {}
-    for seconds in args.seconds:
-        for i, (name, flags) in enumerate(settings.items()):
-            table[name][seconds] = [run_project(f"a{i}-r{r}", corpus, tokenizer, seconds, args.seed + r, args, flags)
-                                    for r in range(args.repeats)]
-        if not args.skip_trainer:
+    trainer_seconds = [] if args.skip_trainer else (args.trainer_seconds or args.seconds)
+    for seconds in sorted(set(args.seconds) | set(trainer_seconds)):
+        if seconds in args.seconds:
+            for i, (name, flags) in enumerate(settings.items()):
+                table[name][seconds] = [run_project(f"a{i}-r{r}", corpus, tokenizer, seconds, args.seed + r, args,
+                                                    flags) for r in range(args.repeats)]
+        if seconds in trainer_seconds:
             trainer[seconds] = compare_with_trainer(corpus, tokenizer, seconds, table, args)
     print_table(table, args.seconds)
     target = args.target_loss
@@ -188,19 +217,24 @@ def main() -> None:
 
 def run_project(name: str, corpus: str, tokenizer: str, seconds: float, seed: int, args: argparse.Namespace,
                 flags: list[str]) -> dict:
-    """(a): run_training.py as a user with a time budget runs it: `--model-size tiny --max-time SECONDS`, then
-    only where the data is, the seed and the CPU; scored by the shared function."""
+    """(a): run_training.py as a user with a time budget runs it: `--max-time SECONDS`, then only where the data
+    is, the seed and the CPU; scored by the shared function."""
     job = os.path.join(args.workdir, f"{name}-{seconds:g}")
     subprocess.run(["rm", "-rf", job])
     subprocess.run([sys.executable, "training/run_training.py", "--job-dir", job, "--path-to-train-set",
                     f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation", "--path-to-tokenizer", tokenizer,
-                    "--model-size", "tiny", "--max-time", f"{seconds:g}", "--seed", str(seed), "--accelerator", "cpu",
+                    "--max-time", f"{seconds:g}", "--seed", str(seed), "--accelerator", "cpu",
                     "--no-progress", *flags], cwd=REPO, check=True, capture_output=True)
     metrics = json.load(open(os.path.join(job, "final_metrics.json")))
     model = os.path.join(job, "model")
-    return {"steps": metrics["global_step"], "seconds": metrics["train_seconds"],
-            "tokens_per_second": metrics["train_tokens_per_second"], "model": model,
-            "val_loss": validation_loss(model, tokenizer, corpus)}
+    size = json.load(open(os.path.join(job, "run_config.json")))["config"]["model_size"]
+    result = {"steps": metrics["global_step"], "seconds": metrics["train_seconds"], "model_size": size,
+              "tokens_per_second": metrics["train_tokens_per_second"], "model": model,
+              "mfu": metrics.get("mfu"), "plateau_exit_step": metrics.get("plateau_exit_step"),
+              "first_step_loss": metrics.get("first_step_loss"), "plateau_loss": metrics.get("unigram_plateau_loss"),
+              "val_loss": validation_loss(model, tokenizer, corpus)}
+    print(f"  {name} {seconds:g} s: {json.dumps({k: v for k, v in result.items() if k != 'model'})}", flush=True)
+    return result
 
 
 def compare_with_trainer(corpus: str, tokenizer: str, seconds: float, table: dict, args: argparse.Namespace) -> dict:
@@ -215,10 +249,12 @@ def compare_with_trainer(corpus: str, tokenizer: str, seconds: float, table: dic
                              cwd=REPO, check=True, capture_output=True, text=True)
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         results[name]["val_loss"] = validation_loss(os.path.join(args.workdir, kind, "model"), tokenizer, corpus)
-    a = table["a  (this project, --max-time)"][seconds][0]
     print(f"\n== budget {seconds:g} s ==\n{'run':<40}{'steps':>7}{'seconds':>9}{'tokens/s':>11}{'val loss':>10}")
-    for name, r in {"a  (this project, --max-time)": a, **results}.items():
+    a = table["a  (this project, --max-time)"].get(seconds, [None])[0]
+    for name, r in (({"a  (this project, --max-time)": a} if a else {}) | results).items():
         print(f"{name:<40}{r['steps']:>7}{r['seconds']:>9.1f}{r['tokens_per_second']:>11,.0f}{r['val_loss']:>10.3f}")
+    if a is None:  # the Trainer alone at this budget: the reference of the time to quality
+        return results
     with open(os.path.join(a["model"], "README.md")) as f:  # the model card lists what (a) ran with
         chosen = [line[2:].strip() for line in f if line.startswith(
             ("- precision:", "- lr:", "- batch_size:", "- mlm_probability:", "- mask_rule:", "- max_seq_length:",

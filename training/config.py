@@ -13,6 +13,16 @@ MODEL_SIZES = {
     "small": (512, 4, 8, 2048),
     "base": (768, 4, 12, 3072),
 }
+# The preset a --max-time budget gets when --model-size is not given, per kind of device: (budget up to, in
+# seconds, preset), the first row whose budget is at least the run's. Each row is the size that reached the lowest
+# validation loss at those budgets in docs/benchmarks.md ("The budget chooses the size"); past the last measured
+# budget the last measured winner is kept. GPUs were not measured (no GPU was lent): they keep base, the demo's.
+SIZE_BY_BUDGET = {
+    "cpu": ((float("inf"), "tiny"),),  # float32
+    "cpu-bf16": ((float("inf"), "tiny"),),
+    "gpu": ((float("inf"), "base"),),
+}
+DEFAULT_MODEL_SIZE = "base"  # without --max-time: the 2021 demo's model
 MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
 MASK_RULES = ("80-10-10", "all-mask")
 
@@ -39,7 +49,7 @@ class TrainingConfig:
     tokenizer_path: str | None = None  # default: data/tokenizer, or the --init-from model's own tokenizer
     init_from: str | None = None
     language: str | None = None  # for the model card: ISO 639-1 codes, comma-separated
-    model_size: str = "base"
+    model_size: str | None = None  # None: chosen by --max-time (choose_model_size), else DEFAULT_MODEL_SIZE
     hidden_size: int | None = None
     num_layers: int | None = None
     num_heads: int | None = None
@@ -85,7 +95,7 @@ class TrainingConfig:
 
 def validate_config(cfg: TrainingConfig) -> None:
     checks = [
-        (cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
+        (cfg.model_size is None or cfg.model_size in MODEL_SIZES, f"--model-size must be one of {', '.join(MODEL_SIZES)}"),
         (cfg.batch_size is None or cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
         (cfg.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}"),
@@ -120,10 +130,11 @@ def validate_config(cfg: TrainingConfig) -> None:
         if not ok:
             raise UsageError(message)
     parse_max_time(cfg.max_time)
-    hidden = cfg.hidden_size or MODEL_SIZES[cfg.model_size][0]
-    heads = cfg.num_heads or MODEL_SIZES[cfg.model_size][2]
-    if hidden % heads:
-        raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
+    size = cfg.model_size or (DEFAULT_MODEL_SIZE if cfg.max_time is None else None)  # None: chosen later by the device
+    if size is not None:
+        hidden, heads = cfg.hidden_size or MODEL_SIZES[size][0], cfg.num_heads or MODEL_SIZES[size][2]
+        if hidden % heads:
+            raise UsageError(f"hidden size {hidden} is not divisible by {heads} heads; change --hidden-size or --num-heads")
 
 
 def step_budget(cfg: TrainingConfig) -> int | None:
@@ -164,6 +175,20 @@ def parse_max_time(value: str | None) -> float | None:
     if seconds <= 0:
         raise UsageError(f"--max-time {value!r} is not a duration; give seconds (5400) or DD:HH:MM:SS (00:01:30:00)")
     return seconds
+
+
+def choose_model_size(cfg: TrainingConfig, device_kind: str) -> tuple[TrainingConfig, str]:
+    """The config with its preset set, and why: --model-size as given; else, under --max-time, the row of
+    SIZE_BY_BUDGET for this kind of device ("cpu", "cpu-bf16" or "gpu"); else DEFAULT_MODEL_SIZE."""
+    if cfg.model_size is not None:
+        return cfg, f"--model-size {cfg.model_size}"
+    seconds = parse_max_time(cfg.max_time)
+    if seconds is None:
+        return replace(cfg, model_size=DEFAULT_MODEL_SIZE), f"no --max-time: {DEFAULT_MODEL_SIZE}, the default"
+    limit, size = next(row for row in SIZE_BY_BUDGET[device_kind] if seconds <= row[0])
+    span = "any budget" if limit == float("inf") else f"budgets up to {limit:.0f} s"
+    return replace(cfg, model_size=size), (f"--max-time {seconds:.0f} s on a {device_kind} device: {size}, the size "
+                                           f"measured to reach the lowest loss there at {span} (docs/benchmarks.md)")
 
 
 def resolve_defaults(cfg: TrainingConfig, plan_batch_size: int) -> TrainingConfig:

@@ -13,15 +13,16 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from common import Interrupted, UsageError, write_json_atomic
-from training.config import (RUN_IDENTITY, TrainingConfig, local_processes, parse_max_time, resolve_defaults,
-                             step_budget, validate_config, warmup_ratio)
+from training.config import (RUN_IDENTITY, TrainingConfig, choose_model_size, local_processes, parse_max_time,
+                             resolve_defaults, step_budget, validate_config, warmup_ratio)
 from training.data_module import MaskedLMDataModule, start_worker_helpers
 from training.export import export_model
 from training.job_dir import check_job_dir, read_run_config, record_job_dir, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MaskedLMModule, perplexity
+from training.plateau import PlateauWatch
 from training.token_cache import file_sha256, files_fingerprint
-from training.devices import apply_plan, check_strategy, device_type, plan_for_device
+from training.devices import apply_plan, check_strategy, device_kind, device_type, plan_for_device
 from training.trainer_setup import StopRequested, StopSignals, build_trainer, tensorboard_logger
 from training.watch import FillMaskSamples, log_token_embeddings, read_watch_texts
 
@@ -140,12 +141,6 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if pretrained is not None and cfg.max_seq_length > pretrained.config.max_position_embeddings - 2:
         raise UsageError(f"--max-seq-length {cfg.max_seq_length} exceeds the --init-from model's "
                          f"{pretrained.config.max_position_embeddings - 2} positions")
-    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:7]}  # those set by flags
-    if pretrained is not None:
-        c = pretrained.config
-        identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
-                        num_heads=c.num_attention_heads)
-    identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
     check_strategy(cfg.strategy)
     plan = plan_for_device(device_type(cfg.accelerator), cfg.precision, cfg.attention, cfg.num_workers,
                            processes_per_node=local_processes(cfg.devices), log_every_n_steps=cfg.log_every_n_steps)
@@ -153,9 +148,27 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if plan.num_workers:
         start_worker_helpers()
     log.info("device plan: %s", plan)
-    if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
-        earlier = (read_run_config(cfg.job_dir) or {}).get("config", {})
-        cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
+    kept_size = None
+    if resume_checkpoint(cfg):  # a resumed run keeps its model size, batch, rate and masking unless given
+        run = read_run_config(cfg.job_dir) or {}
+        earlier = run.get("config", {})
+        if cfg.model_size is None and earlier.get("model_size"):  # not the size this run's budget would choose
+            kept_size = f"{earlier['model_size']}, the size of the run resumed"
+            why = run.get("model_size_reason") or "not recorded"
+            kept_size = why if why.startswith(kept_size) else f"{kept_size} ({why})"  # resumed more than once
+        cfg = replace(cfg, **{k: earlier.get(k) for k in ("model_size", "batch_size", "lr", "mlm_probability")
+                              if getattr(cfg, k) is None})
+    cfg, size_reason = choose_model_size(cfg, device_kind(plan))
+    size_reason = kept_size or size_reason
+    if pretrained is None:
+        log.info("model size: %s", size_reason)
+        validate_config(cfg)  # the chosen preset with any --hidden-size or --num-heads given
+    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:7]}  # those set by flags
+    if pretrained is not None:
+        c = pretrained.config
+        identity.update(model_size="init_from", hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+                        num_heads=c.num_attention_heads)
+    identity.update(vocab_size=len(tokenizer), tokenizer_sha256=file_sha256(tokenizer_file))
     cfg = resolve_defaults(cfg, plan.batch_size)
     max_steps, max_seconds = step_budget(cfg), parse_max_time(cfg.max_time)
     datamodule = MaskedLMDataModule(
@@ -181,13 +194,14 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
     signals = StopSignals()
+    plateau = PlateauWatch(cfg.log_every_n_steps, tokenizer.all_special_ids)
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
         cfg.gradient_clip_val, cfg.accumulate_grad_batches, cfg.progress,
         config=module.config, seq_len=cfg.max_seq_length, peak_tflops=cfg.peak_tflops, started=started,
-        extra_callbacks=[FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
-        if watch_texts or cfg.fill_mask_samples else [], signals=signals,
+        extra_callbacks=[plateau] + ([FillMaskSamples(tokenizer, watch_texts, cfg.fill_mask_samples, cfg.seed)]
+                                     if watch_texts or cfg.fill_mask_samples else []), signals=signals,
     )
     # Launchers (Lightning's, torchrun, srun) start this script once per process. Every rank checks the job
     # directory and the checkpoint (a refusal ends them all, none is left waiting for rank 0 in the process
@@ -196,7 +210,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     last.resume_from = check_job_dir(cfg, identity)
     resume_step = _checkpoint_step(last.resume_from) if last.resume_from else None
     if trainer.is_global_zero:
-        record_job_dir(cfg, identity, last.resume_from)
+        record_job_dir(cfg, identity, last.resume_from, {"model_size_reason": size_reason if pretrained is None else None})
     trainer.logger = tensorboard_logger(cfg.job_dir, resume_step)  # writes nothing off rank 0
     effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
     log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d processes)",
@@ -231,7 +245,13 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         "train_tokens": module.total_train_tokens,
         "train_seconds": round(clock.seconds, 3),
         "train_tokens_per_second": round(module.total_train_tokens / max(clock.seconds, 1e-9), 1),
+        **plateau.summary(),
     }
+    mfu = clock.session_mfu(module)
+    if mfu is not None:
+        metrics["mfu"] = round(mfu, 4)
+        log.info("model FLOPs utilisation: %.1f%% of the device's peak over %.0f s of training", 100 * mfu,
+                 clock.seconds)
     if trainer.is_global_zero:
         if cfg.log_embeddings:
             log_token_embeddings(module.model, tokenizer, datamodule.train_split, cfg.log_embeddings,

@@ -79,8 +79,10 @@ def prepare_job_dir(cfg: TrainingConfig, identity: dict[str, Any]) -> str | None
     return resume_from
 
 
-def record_job_dir(cfg: TrainingConfig, identity: dict[str, Any], resume_from: str | None) -> None:
-    """Archive an earlier run on --no-resume and record this one (global rank 0 only, once check_job_dir passed)."""
+def record_job_dir(cfg: TrainingConfig, identity: dict[str, Any], resume_from: str | None,
+                   notes: dict[str, Any] | None = None) -> None:
+    """Archive an earlier run on --no-resume and record this one, with `notes` (global rank 0 only, once
+    check_job_dir passed)."""
     last = os.path.join(cfg.job_dir, "checkpoints", "last.ckpt")
     run_file = os.path.join(cfg.job_dir, "run_config.json")
     if cfg.resume is False and (os.path.exists(last) or os.path.exists(run_file)):  # archived unread: torn or not
@@ -90,6 +92,6 @@ def record_job_dir(cfg: TrainingConfig, identity: dict[str, Any], resume_from: s
                 shutil.move(os.path.join(cfg.job_dir, name), archive)
         log.warning("--no-resume: the earlier run in %s was moved to %s", cfg.job_dir, archive)
     # Whole or not at all: the other ranks of a resumed run read it as rank 0 writes.
-    write_json_atomic(run_file, {"identity": identity, "config": asdict(cfg)})
+    write_json_atomic(run_file, {"identity": identity, "config": asdict(cfg), **(notes or {})})
     if resume_from:
         log.warning("resuming from %s", resume_from)

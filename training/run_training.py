@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "for the Hugging Face Hub (default: unset)")
     io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
     m = p.add_argument_group("model")
-    m.add_argument("--model-size", choices=list(MODEL_SIZES), default="base",
-                   help="preset (hidden/layers/heads): tiny 256/4/4, small 512/4/8, base 768/4/12 (default: %(default)s)")
+    m.add_argument("--model-size", choices=list(MODEL_SIZES),
+                   help="preset (hidden/layers/heads): tiny 256/4/4, small 512/4/8, base 768/4/12 (default: with "
+                        "--max-time, the size measured to reach the lowest loss at that budget on this kind of device, "
+                        "logged and recorded in run_config.json (docs/training.md); without it, base)")
     m.add_argument("--hidden-size", type=int, help="override the preset's hidden size")
     m.add_argument("--num-layers", type=int, help="override the preset's number of layers")
     m.add_argument("--num-heads", type=int, help="override the preset's number of attention heads")

@@ -1,0 +1,133 @@
+"""What a time budget gets: the model size chosen by --max-time, the unigram plateau seen, MFU on CPUs."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_MODEL, run_in_process
+from training import config, devices
+from training.config import TrainingConfig, choose_model_size
+from training.plateau import PLATEAU_MARGIN, PlateauWatch, plateau_exit_step, unigram_entropy
+
+AVX2 = "processor\t: 0\ncpu MHz\t\t: 1800.000\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+AVX512_BF16 = "flags\t\t: fpu avx avx2 fma avx512f avx512_bf16\n"
+
+
+def cfg(**given) -> TrainingConfig:
+    return TrainingConfig(job_dir="j", train_path="t", val_path="v", **given)
+
+
+def test_the_budget_chooses_the_size_from_the_table_and_an_explicit_size_wins(monkeypatch):
+    monkeypatch.setitem(config.SIZE_BY_BUDGET, "cpu", ((90, "tiny"), (1200, "small"), (math.inf, "base")))
+    chosen = {t: choose_model_size(cfg(max_time=t), "cpu")[0].model_size for t in ("60", "90", "91", "00:00:20:00", "7200")}
+    assert chosen == {"60": "tiny", "90": "tiny", "91": "small", "00:00:20:00": "small", "7200": "base"}
+    sized, why = choose_model_size(cfg(max_time="60"), "cpu")
+    assert "--max-time 60 s" in why and "tiny" in why and "cpu" in why
+    assert choose_model_size(cfg(max_time="60", model_size="base"), "cpu") == (cfg(max_time="60", model_size="base"),
+                                                                             "--model-size base")
+    unbudgeted, why = choose_model_size(cfg(), "cpu")
+    assert unbudgeted.model_size == "base" and "no --max-time" in why  # the demo's default without a budget
+    assert choose_model_size(cfg(max_time="60"), "gpu")[0].model_size == config.SIZE_BY_BUDGET["gpu"][0][1]
+    # every kind of device has a row for every budget
+    assert all(rows[-1][0] == math.inf for rows in config.SIZE_BY_BUDGET.values())
+
+
+def test_the_device_kind_reads_the_plan():
+    plan = devices.plan_for_device("cpu", "32-true")
+    assert devices.device_kind(plan) == "cpu"
+    assert devices.device_kind(devices.plan_for_device("cpu", "bf16-mixed")) == "cpu-bf16"
+    assert devices.device_kind(devices.plan_for_device("cuda", capability=(9, 0))) == "gpu"
+
+
+def test_the_chosen_size_is_recorded_and_a_resumed_run_keeps_it(monkeypatch, tmp_path, pipeline_run):
+    # tiny up to 1 s, small beyond: the resumed run's longer budget would choose small, it must go on with tiny
+    monkeypatch.setitem(config.SIZE_BY_BUDGET, "cpu", ((1.5, "tiny"), (math.inf, "small")))
+    job, corpus = tmp_path / "job", pipeline_run["corpus"]
+    shape = [a for a in TINY_MODEL if a not in ("--model-size", "tiny")]
+    args = ["--job-dir", str(job), "--path-to-train-set", f"{corpus}/train", "--path-to-val-set", f"{corpus}/validation",
+            "--path-to-tokenizer", pipeline_run["tokenizer"], *shape, "--accelerator", "cpu", "--precision", "32-true",
+            "--no-progress", "--fill-mask-samples", "0", "--max-val-sentences", "32"]
+    run_in_process("training/run_training.py", *args, "--max-time", "1")
+    run = json.load(open(job / "run_config.json"))
+    assert run["config"]["model_size"] == "tiny" and run["identity"]["model_size"] == "tiny"
+    assert "--max-time 1 s" in run["model_size_reason"]
+    first = json.load(open(job / "final_metrics.json"))["global_step"]
+    run_in_process("training/run_training.py", *args, "--max-time", "2")  # resumes: a longer budget
+    run = json.load(open(job / "run_config.json"))
+    assert run["config"]["model_size"] == "tiny" and "the run resumed (--max-time 1 s" in run["model_size_reason"]
+    assert json.load(open(job / "final_metrics.json"))["global_step"] > first
+
+
+def test_unigram_entropy_is_the_loss_of_the_token_frequencies():
+    tokens = np.array([5, 5, 6, 7, 2, 5, 5, 6, 7, 2] * 100, dtype=np.uint16)  # 2 is </s>: never masked
+    p = np.array([0.5, 0.25, 0.25])
+    assert unigram_entropy(tokens, 10, special_ids=[0, 1, 2, 3]) == pytest.approx(-(p * np.log(p)).sum())
+    uniform = np.arange(4, 100, dtype=np.int32).repeat(3)
+    assert unigram_entropy(uniform, 100, [0, 1, 2, 3]) == pytest.approx(math.log(96))
+    # a large stream is sampled in slices spread over it, not only its start
+    skewed = np.concatenate([np.full(1000, 4), np.arange(5, 1005)]).astype(np.int32)
+    assert unigram_entropy(skewed, 1100, [], max_tokens=640) > 3
+
+
+def test_the_plateau_exit_is_the_first_interval_clearly_below_it():
+    rng = np.random.default_rng(0)
+    plateau = 7.6
+    curve = [(10, 9.4), (20, 8.1)]  # the fast fall to the plateau
+    curve += [(s, plateau + rng.normal(0, 0.12)) for s in range(30, 200, 10)]  # on it, with a 10-step mean's noise
+    curve += [(200, 7.30), (210, 7.15), (220, 6.9), (230, 7.3)]
+    assert plateau_exit_step(curve, plateau) == 210  # 7.30 is within 5% of 7.6, 7.15 is not
+    assert plateau_exit_step(curve[:-3], plateau) is None
+    assert plateau_exit_step([(10, plateau * (1 - PLATEAU_MARGIN) - 1e-6)], plateau) == 10
+
+
+class _Module:
+    def __init__(self, losses):
+        self.losses, self.first_step_loss = losses, torch.tensor(9.5)
+        self.config = type("C", (), {"vocab_size": 10})()
+
+    def interval_losses(self):
+        return len(self.losses)
+
+    def take_interval_loss(self):
+        return self.losses.pop(0)
+
+
+def test_the_watch_records_first_loss_and_exit_and_keeps_them_across_a_resume(caplog):
+    trainer = type("T", (), {"global_step": 0})()
+    watch = PlateauWatch(10, special_ids=[])
+    watch.plateau_loss = 7.0
+    module = _Module([7.1, 6.9, 6.5, 5.0])
+    for step in range(1, 41):
+        trainer.global_step = step
+        watch.on_train_batch_end(trainer, module, None, None, step)
+    assert (watch.first_step_loss, watch.exit_step) == (9.5, 30)  # 6.5 < 7 x 0.95; 6.9 is not
+    resumed = PlateauWatch(10, special_ids=[])
+    resumed.load_state_dict(json.loads(json.dumps(watch.state_dict())))
+    assert resumed.summary() == {"first_step_loss": 9.5, "unigram_plateau_loss": 7.0, "plateau_exit_step": 30}
+    stuck = PlateauWatch(10, special_ids=[])
+    stuck.plateau_loss = 7.0
+    with caplog.at_level("WARNING", logger="training"):
+        assert stuck.summary()["plateau_exit_step"] is None
+    assert "ended on the unigram plateau" in caplog.text
+
+
+def test_a_run_writes_its_plateau_first_loss_and_mfu(pipeline_run):
+    metrics = pipeline_run["final_metrics"]
+    assert metrics["first_step_loss"] > metrics["unigram_plateau_loss"] > 0
+    # vocabulary 1,000: a fresh model's loss is near ln(1000) = 6.9, the frequencies' below it
+    assert metrics["first_step_loss"] == pytest.approx(math.log(1000), abs=0.7)
+    assert metrics["val_loss"] < metrics["unigram_plateau_loss"] and metrics["plateau_exit_step"] is not None
+    if devices.cpu_peak_flops("32-true") is not None:  # an x86 CPU with AVX2
+        assert 0 < metrics["mfu"] < 1
+
+
+def test_the_cpu_peak_counts_threads_lanes_and_clock():
+    peak, how = devices.cpu_peak_flops("32-true", threads=2, cpuinfo=AVX2, max_khz=2_000_000)
+    assert peak == 2 * 2 * 8 * 2 * 2.0e9 == 128e9 and "8 float32 lanes" in how  # issue 32's 2-core AVX2 CPU
+    assert devices.cpu_peak_flops("32-true", 2, AVX2)[0] == 2 * 2 * 8 * 2 * 1.8e9  # clock from /proc/cpuinfo
+    assert devices.cpu_peak_flops("32-true", 4, AVX512_BF16, 2_000_000)[0] == 4 * 2 * 16 * 2 * 2.0e9
+    assert devices.cpu_peak_flops("bf16-mixed", 4, AVX512_BF16, 2_000_000)[0] == 2 * 4 * 2 * 16 * 2 * 2.0e9
+    assert devices.cpu_peak_flops("bf16-mixed", 2, AVX2, 2_000_000)[0] == 128e9  # no native bf16: float32 lanes
+    assert devices.cpu_peak_flops("32-true", 2, "flags\t\t: fp asimd\n", 2_000_000) is None  # not x86: unknown
