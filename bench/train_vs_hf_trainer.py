@@ -119,7 +119,7 @@ def validation_loss(model_dir: str, tokenizer_dir: str, corpus: str, seed: int =
 
 def prepare_text(workdir: str, text_file: str, vocab_size: int) -> tuple[str, str]:
     """Steps 1 and 2 with defaults on a text file (one text a line), step 2 at `vocab_size`."""
-    name = os.path.splitext(os.path.basename(text_file))[0]
+    name = f"{os.path.splitext(os.path.basename(text_file))[0]}-{os.path.getsize(text_file)}"  # another file: new
     corpus, tokenizer = os.path.join(workdir, f"{name}-corpus"), os.path.join(workdir, f"{name}-tokenizer-{vocab_size}")
     if not os.path.exists(os.path.join(corpus, "manifest.json")):
         subprocess.run([sys.executable, "corpus/run_corpus_generation.py", "--data-files", text_file,
@@ -188,6 +188,8 @@ def main() -> None:
                                 args.seconds[0], args.batch_size, args.lr, args.seed)
         print(json.dumps(result))
         return
+    if args.corpus_dir and args.text_file:
+        p.error("give --corpus-dir (with --tokenizer) or --text-file, not both")
     if args.corpus_dir:
         corpus, tokenizer = args.corpus_dir, args.tokenizer
     elif args.text_file:

@@ -25,7 +25,11 @@ def short_run(pipeline_run, job, *extra):
 def test_init_from_continues_from_the_exported_weights(tmp_path, pipeline_run):
     exported_loss = pipeline_run["final_metrics"]["val_loss"]
     short_run(pipeline_run, tmp_path / "continued", "--init-from", os.path.join(pipeline_run["job"], "model"),
-              "--max-seq-length", "64", "--language", "en")
+              "--max-seq-length", "64", "--language", "en", "--max-time", "600")  # --max-steps 2 ends it first
+    run = json.load(open(tmp_path / "continued" / "run_config.json"))
+    # the budget chooses no size for a model that has one (nor, with it, base's rate for tiny's)
+    assert run["config"]["model_size"] is None and run["model_size_reason"] is None
+    assert run["identity"]["model_size"] == "init_from"
     short_run(pipeline_run, tmp_path / "fresh", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL)
     continued, _ = first_and_last_val_loss(tmp_path / "continued")
     fresh, _ = first_and_last_val_loss(tmp_path / "fresh")

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_MODEL, run_in_process
 from training import config, devices
 from training.config import TrainingConfig, choose_model_size
-from training.plateau import PLATEAU_MARGIN, PlateauWatch, plateau_exit_step, unigram_entropy
+from training.plateau import PLATEAU_MARGIN, PlateauWatch, context_free_loss, plateau_exit_step, token_frequencies
 
 AVX2 = "processor\t: 0\ncpu MHz\t\t: 1800.000\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 AVX512_BF16 = "flags\t\t: fpu avx avx2 fma avx512f avx512_bf16\n"
@@ -29,7 +29,8 @@ def test_the_budget_chooses_the_size_from_the_table_and_an_explicit_size_wins(mo
                                                                              "--model-size base")
     unbudgeted, why = choose_model_size(cfg(), "cpu")
     assert unbudgeted.model_size == "base" and "no --max-time" in why  # the demo's default without a budget
-    assert choose_model_size(cfg(max_time="60"), "gpu")[0].model_size == config.SIZE_BY_BUDGET["gpu"][0][1]
+    on_gpu, why = choose_model_size(cfg(max_time="60"), "gpu")
+    assert on_gpu.model_size == config.SIZE_BY_BUDGET["gpu"][0][1] and "not measured" in why
     # every kind of device has a row for every budget
     assert all(rows[-1][0] == math.inf for rows in config.SIZE_BY_BUDGET.values())
 
@@ -56,19 +57,28 @@ def test_the_chosen_size_is_recorded_and_a_resumed_run_keeps_it(monkeypatch, tmp
     first = json.load(open(job / "final_metrics.json"))["global_step"]
     run_in_process("training/run_training.py", *args, "--max-time", "2")  # resumes: a longer budget
     run = json.load(open(job / "run_config.json"))
-    assert run["config"]["model_size"] == "tiny" and "the run resumed (--max-time 1 s" in run["model_size_reason"]
+    assert run["config"]["model_size"] == "tiny" and "the run in this job directory (--max-time 1 s" in run["model_size_reason"]
     assert json.load(open(job / "final_metrics.json"))["global_step"] > first
 
 
-def test_unigram_entropy_is_the_loss_of_the_token_frequencies():
+def test_the_plateau_is_the_best_loss_without_the_context():
     tokens = np.array([5, 5, 6, 7, 2, 5, 5, 6, 7, 2] * 100, dtype=np.uint16)  # 2 is </s>: never masked
-    p = np.array([0.5, 0.25, 0.25])
-    assert unigram_entropy(tokens, 10, special_ids=[0, 1, 2, 3]) == pytest.approx(-(p * np.log(p)).sum())
-    uniform = np.arange(4, 100, dtype=np.int32).repeat(3)
-    assert unigram_entropy(uniform, 100, [0, 1, 2, 3]) == pytest.approx(math.log(96))
+    p = token_frequencies(tokens, 10, special_ids=[0, 1, 2, 3])
+    assert p.tolist() == [0, 0, 0, 0, 0, 0.5, 0.25, 0.25, 0, 0]
+    entropy = -(p[p > 0] * np.log(p[p > 0])).sum()
+    assert context_free_loss(p, "all-mask") == pytest.approx(entropy)  # only <mask> in view: the frequencies
+    # 80-10-10: the best guess given the token in view, enumerated over (label, token in view) pairs
+    for p in (p, np.random.default_rng(0).dirichlet(np.full(50, 0.3))):
+        v = len(p)
+        joint = 0.1 * np.diag(p) + 0.1 * np.outer(p, np.full(v, 1 / v))  # label y (rows), token in view (columns)
+        best = joint / joint.sum(0, keepdims=True)
+        in_view = -(joint[joint > 0] * np.log(best[joint > 0])).sum() / joint.sum()
+        expected = 0.8 * -(p[p > 0] * np.log(p[p > 0])).sum() + 0.2 * in_view
+        assert context_free_loss(p, "80-10-10") == pytest.approx(expected, rel=1e-9)
+        assert context_free_loss(p, "80-10-10") < context_free_loss(p, "all-mask")
     # a large stream is sampled in slices spread over it, not only its start
     skewed = np.concatenate([np.full(1000, 4), np.arange(5, 1005)]).astype(np.int32)
-    assert unigram_entropy(skewed, 1100, [], max_tokens=640) > 3
+    assert (token_frequencies(skewed, 1100, [], max_tokens=640) > 0).sum() > 100
 
 
 def test_the_plateau_exit_is_the_first_interval_clearly_below_it():
@@ -84,43 +94,63 @@ def test_the_plateau_exit_is_the_first_interval_clearly_below_it():
 
 class _Module:
     def __init__(self, losses):
-        self.losses, self.first_step_loss = losses, torch.tensor(9.5)
-        self.config = type("C", (), {"vocab_size": 10})()
+        self.losses, self.first_step_loss, self.taken = losses, torch.tensor(9.5), []
 
     def interval_losses(self):
-        return len(self.losses)
+        return 10 if self.losses else 0
 
     def take_interval_loss(self):
+        self.taken.append(len(self.losses))
         return self.losses.pop(0)
 
 
 def test_the_watch_records_first_loss_and_exit_and_keeps_them_across_a_resume(caplog):
-    trainer = type("T", (), {"global_step": 0})()
+    trainer = type("T", (), {"global_step": 0, "is_global_zero": True})()
     watch = PlateauWatch(10, special_ids=[])
-    watch.plateau_loss = 7.0
+    watch.plateau_loss, watch._last_step = 7.0, 0
     module = _Module([7.1, 6.9, 6.5, 5.0])
-    for step in range(1, 41):
-        trainer.global_step = step
-        watch.on_train_batch_end(trainer, module, None, None, step)
+    for batch in range(80):  # two batches a step (--accumulate-grad-batches 2): 40 steps
+        trainer.global_step = (batch + 1) // 2
+        watch.on_train_batch_end(trainer, module, None, None, batch)
+    assert module.taken == [4, 3, 2, 1]  # once an interval of steps, not once a batch
     assert (watch.first_step_loss, watch.exit_step) == (9.5, 30)  # 6.5 < 7 x 0.95; 6.9 is not
     resumed = PlateauWatch(10, special_ids=[])
     resumed.load_state_dict(json.loads(json.dumps(watch.state_dict())))
     assert resumed.summary() == {"first_step_loss": 9.5, "unigram_plateau_loss": 7.0, "plateau_exit_step": 30}
     stuck = PlateauWatch(10, special_ids=[])
-    stuck.plateau_loss = 7.0
+    stuck.plateau_loss, stuck._last_step = 7.0, 0
+    trainer.global_step = 10
+    stuck.on_train_batch_end(trainer, _Module([7.2]), None, None, 0)
     with caplog.at_level("WARNING", logger="training"):
         assert stuck.summary()["plateau_exit_step"] is None
     assert "ended on the unigram plateau" in caplog.text
+    caplog.clear()
+    unmeasured = PlateauWatch(10, special_ids=[])  # shorter than an interval: no verdict
+    unmeasured.plateau_loss = 7.0
+    with caplog.at_level("WARNING", logger="training"):
+        unmeasured.summary()
+    assert "plateau" not in caplog.text
 
 
 def test_a_run_writes_its_plateau_first_loss_and_mfu(pipeline_run):
+    from transformers import AutoConfig
+
+    from training.model import flops_per_token
+
     metrics = pipeline_run["final_metrics"]
     assert metrics["first_step_loss"] > metrics["unigram_plateau_loss"] > 0
     # vocabulary 1,000: a fresh model's loss is near ln(1000) = 6.9, the frequencies' below it
     assert metrics["first_step_loss"] == pytest.approx(math.log(1000), abs=0.7)
-    assert metrics["val_loss"] < metrics["unigram_plateau_loss"] and metrics["plateau_exit_step"] is not None
-    if devices.cpu_peak_flops("32-true") is not None:  # an x86 CPU with AVX2
-        assert 0 < metrics["mfu"] < 1
+    # 40 steps of a small model: far below its first loss, not clearly below the plateau (with the token in view)
+    assert metrics["val_loss"] < metrics["first_step_loss"] - 1 and "plateau_exit_step" in metrics
+    peak = devices.cpu_peak_flops("32-true")
+    if peak is None:  # not an x86 CPU with AVX2
+        return
+    model = AutoConfig.from_pretrained(f"{pipeline_run['job']}/model")
+    per_second = metrics["train_tokens_per_second"] / peak[0]  # one session: its seconds are the run's
+    # the masked share of non-pad tokens is below 30% (<s> and </s> are never masked) and above 20%
+    low, high = (per_second * flops_per_token(model, 64, rate) for rate in (0.2, 0.3))
+    assert low < metrics["mfu"] < high, (low, metrics["mfu"], high)
 
 
 def test_the_cpu_peak_counts_threads_lanes_and_clock():
@@ -131,3 +161,5 @@ def test_the_cpu_peak_counts_threads_lanes_and_clock():
     assert devices.cpu_peak_flops("bf16-mixed", 4, AVX512_BF16, 2_000_000)[0] == 2 * 4 * 2 * 16 * 2 * 2.0e9
     assert devices.cpu_peak_flops("bf16-mixed", 2, AVX2, 2_000_000)[0] == 128e9  # no native bf16: float32 lanes
     assert devices.cpu_peak_flops("32-true", 2, "flags\t\t: fp asimd\n", 2_000_000) is None  # not x86: unknown
+    zen4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\n" + AVX512_BF16  # AVX-512 on 256-bit units
+    assert devices.cpu_peak_flops("32-true", 2, zen4, 2_000_000)[0] == 128e9

@@ -22,6 +22,7 @@ SIZE_BY_BUDGET = {
     "cpu-bf16": ((float("inf"), "tiny"),),
     "gpu": ((float("inf"), "base"),),
 }
+UNMEASURED_KINDS = ("gpu",)
 DEFAULT_MODEL_SIZE = "base"  # without --max-time: the 2021 demo's model
 MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
 MASK_RULES = ("80-10-10", "all-mask")
@@ -187,6 +188,9 @@ def choose_model_size(cfg: TrainingConfig, device_kind: str) -> tuple[TrainingCo
         return replace(cfg, model_size=DEFAULT_MODEL_SIZE), f"no --max-time: {DEFAULT_MODEL_SIZE}, the default"
     limit, size = next(row for row in SIZE_BY_BUDGET[device_kind] if seconds <= row[0])
     span = "any budget" if limit == float("inf") else f"budgets up to {limit:.0f} s"
+    if device_kind in UNMEASURED_KINDS:
+        return replace(cfg, model_size=size), (f"--max-time {seconds:.0f} s on a {device_kind}: {size}, the demo's "
+                                               f"size (budgets were not measured on this kind of device)")
     return replace(cfg, model_size=size), (f"--max-time {seconds:.0f} s on a {device_kind} device: {size}, the size "
                                            f"measured to reach the lowest loss there at {span} (docs/benchmarks.md)")
 
@@ -197,5 +201,6 @@ def resolve_defaults(cfg: TrainingConfig, plan_batch_size: int) -> TrainingConfi
     def given(value, default):
         return default if value is None else value
 
-    return replace(cfg, batch_size=given(cfg.batch_size, plan_batch_size), lr=given(cfg.lr, DEFAULT_LR[cfg.model_size]),
+    size = cfg.model_size or DEFAULT_MODEL_SIZE  # None with --init-from: its rate is base's
+    return replace(cfg, batch_size=given(cfg.batch_size, plan_batch_size), lr=given(cfg.lr, DEFAULT_LR[size]),
                    mlm_probability=given(cfg.mlm_probability, DEFAULT_MLM_PROBABILITY))

@@ -155,7 +155,9 @@ def cpu_peak_flops(precision: str, threads: int | None = None, cpuinfo: str | No
 
     threads x 2 FMA units x lanes x 2 (a fused multiply-add) x the clock: float32 lanes are 16 with AVX-512, 8
     with AVX2; bf16 (bf16-mixed) doubles them with AVX512-BF16 and counts AMX tiles' 1,024 products a cycle.
-    An estimate (some CPUs have one AVX-512 FMA unit, or run AVX-512 at a lower clock); --peak-tflops overrides.
+    AMD's Zen 3 and 4 (family 25) run AVX-512 on 256-bit units, so count 8 lanes there. The clock is cpufreq's
+    maximum, else /proc/cpuinfo's "cpu MHz". An estimate (some CPUs have one AVX-512 FMA unit, or run AVX-512 at a
+    lower clock); --peak-tflops overrides.
     """
     if cpuinfo is None:
         try:
@@ -163,15 +165,22 @@ def cpu_peak_flops(precision: str, threads: int | None = None, cpuinfo: str | No
                 cpuinfo = f.read()
         except OSError:
             return None
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+        if max_khz is None:
+            try:
+                with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+                    max_khz = int(f.read())
+            except (OSError, ValueError):
+                pass
+
+    def field(name: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith(name)), "")
+
+    flags = set(field("flags").split())
     if max_khz is None:
-        try:
-            with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
-                max_khz = int(f.read())
-        except (OSError, ValueError):
-            mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
-            max_khz = int(max(mhz) * 1000) if mhz else None
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags and "fma" in flags else 0
+        mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+        max_khz = int(max(mhz) * 1000) if mhz else None
+    half_width = field("vendor_id") == "AuthenticAMD" and field("cpu family") == "25"
+    lanes = 16 if "avx512f" in flags and not half_width else 8 if "avx2" in flags and "fma" in flags else 0
     if not lanes or not max_khz:
         return None
     threads = threads or torch.get_num_threads()

@@ -130,6 +130,17 @@ def requeue_slurm_job() -> None:
         log.warning("scontrol requeue %s failed (%s); resubmit it to resume", job_id, result.stderr.strip()[:200])
 
 
+def keep_or_choose_model_size(cfg: TrainingConfig, run: dict[str, Any] | None, kind: str) -> tuple[TrainingConfig, str]:
+    """The preset and why: --model-size as given; else the size of the run recorded in the job directory (a
+    resumed or rerun job keeps it, whatever its budget or device now); else chosen by the budget."""
+    earlier = (run or {}).get("config", {})
+    if cfg.model_size is None and earlier.get("model_size"):
+        kept = f"{earlier['model_size']}, the size of the run in this job directory"
+        why = run.get("model_size_reason") or "not recorded"
+        return replace(cfg, model_size=earlier["model_size"]), why if why.startswith(kept) else f"{kept} ({why})"
+    return choose_model_size(cfg, kind)
+
+
 def train(cfg: TrainingConfig) -> dict[str, Any]:
     """Train a masked LM as configured; return the final metrics (also in JOB/final_metrics.json)."""
     started = time.perf_counter()
@@ -148,19 +159,13 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if plan.num_workers:
         start_worker_helpers()
     log.info("device plan: %s", plan)
-    kept_size = None
-    if resume_checkpoint(cfg):  # a resumed run keeps its model size, batch, rate and masking unless given
-        run = read_run_config(cfg.job_dir) or {}
-        earlier = run.get("config", {})
-        if cfg.model_size is None and earlier.get("model_size"):  # not the size this run's budget would choose
-            kept_size = f"{earlier['model_size']}, the size of the run resumed"
-            why = run.get("model_size_reason") or "not recorded"
-            kept_size = why if why.startswith(kept_size) else f"{kept_size} ({why})"  # resumed more than once
-        cfg = replace(cfg, **{k: earlier.get(k) for k in ("model_size", "batch_size", "lr", "mlm_probability")
-                              if getattr(cfg, k) is None})
-    cfg, size_reason = choose_model_size(cfg, device_kind(plan))
-    size_reason = kept_size or size_reason
-    if pretrained is None:
+    run = read_run_config(cfg.job_dir) if cfg.resume is not False else None
+    if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
+        earlier = (run or {}).get("config", {})
+        cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
+    size_reason = None
+    if pretrained is None:  # --init-from: the model's own config; the rate stays base's (resolve_defaults)
+        cfg, size_reason = keep_or_choose_model_size(cfg, run, device_kind(plan))
         log.info("model size: %s", size_reason)
         validate_config(cfg)  # the chosen preset with any --hidden-size or --num-heads given
     identity = {k: getattr(cfg, k) for k in RUN_IDENTITY[:7]}  # those set by flags
@@ -194,7 +199,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
     signals = StopSignals()
-    plateau = PlateauWatch(cfg.log_every_n_steps, tokenizer.all_special_ids)
+    plateau = PlateauWatch(cfg.log_every_n_steps, tokenizer.all_special_ids, cfg.mask_rule)
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
@@ -210,7 +215,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     last.resume_from = check_job_dir(cfg, identity)
     resume_step = _checkpoint_step(last.resume_from) if last.resume_from else None
     if trainer.is_global_zero:
-        record_job_dir(cfg, identity, last.resume_from, {"model_size_reason": size_reason if pretrained is None else None})
+        record_job_dir(cfg, identity, last.resume_from, {"model_size_reason": size_reason})
     trainer.logger = tensorboard_logger(cfg.job_dir, resume_step)  # writes nothing off rank 0
     effective_batch = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
     log.info("schedule: %s over %s; effective batch %d sequences (%d x %d accumulated x %d processes)",
@@ -250,8 +255,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     mfu = clock.session_mfu(module)
     if mfu is not None:
         metrics["mfu"] = round(mfu, 4)
-        log.info("model FLOPs utilisation: %.1f%% of the device's peak over %.0f s of training", 100 * mfu,
-                 clock.seconds)
+        log.info("model FLOPs utilisation: %.1f%% of the device's peak over this process's %.0f s of training",
+                 100 * mfu, clock.session_seconds)
     if trainer.is_global_zero:
         if cfg.log_embeddings:
             log_token_embeddings(module.model, tokenizer, datamodule.train_split, cfg.log_embeddings,

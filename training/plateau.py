@@ -1,5 +1,6 @@
-"""The unigram plateau: the loss of a model that predicts each masked token from the token frequencies
-alone, where a fresh masked LM sits before it learns to use the context, and the step a run leaves it."""
+"""The unigram plateau: the loss of a model that predicts each masked token without its context (from the token
+frequencies, and the token left in view), where a fresh masked LM sits before it learns to use the context,
+and the step a run leaves it."""
 import logging
 import math
 from typing import Any, Iterable
@@ -17,19 +18,39 @@ PLATEAU_MARGIN = 0.05
 SAMPLE_CHUNKS = 64  # a large corpus is sampled in this many slices spread over it
 
 
-def unigram_entropy(tokens: np.ndarray, vocab_size: int, special_ids: Iterable[int], max_tokens: int = 20_000_000) -> float:
-    """Entropy in nats of the token frequencies, special tokens (never masked) left out: the loss of the best
-    prediction that ignores the context. Up to `max_tokens`, in slices spread over the stream."""
+def token_frequencies(tokens: np.ndarray, vocab_size: int, special_ids: Iterable[int],
+                      max_tokens: int = 20_000_000) -> np.ndarray:
+    """Each token's share of the stream, special tokens (never masked) left out; up to `max_tokens`, in slices
+    spread over the stream."""
     if tokens.size > max_tokens:
         step, size = tokens.size // SAMPLE_CHUNKS, max_tokens // SAMPLE_CHUNKS
         tokens = np.concatenate([tokens[i * step : i * step + size] for i in range(SAMPLE_CHUNKS)])
-    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
-    counts[[i for i in special_ids if 0 <= i < len(counts)]] = 0
+    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)[:vocab_size]
+    counts[[i for i in special_ids if 0 <= i < vocab_size]] = 0
     total = counts.sum()
-    if total == 0:
-        return math.nan
-    p = counts[counts > 0] / total
-    return float(-(p * np.log(p)).sum())
+    return counts / total if total else counts
+
+
+def context_free_loss(p: np.ndarray, mask_rule: str = "80-10-10") -> float:
+    """The lowest mean loss over the labelled positions of a model that ignores the context, in nats: at a
+    <mask>, the entropy of the frequencies `p`; where 80-10-10 leaves a token in view (half of the other 20%:
+    the label itself, half: a token drawn uniformly from the whole vocabulary, as MaskedLMCollator draws it),
+    the best guess from that token as well, which is about a tenth below it."""
+    nonzero = p > 0
+    plogp = np.zeros_like(p)
+    plogp[nonzero] = p[nonzero] * np.log(p[nonzero])
+    entropy = -plogp.sum()
+    if mask_rule == "all-mask" or not nonzero.any():
+        return float(entropy)
+    r = 1.0 / len(p)
+    seen = 0.5 * p + 0.5 * r  # P(token v in view)
+    same = 0.5 * p * (1 + r)  # P(label v, v in view): kept, or drawn as itself
+    label_is_v = np.zeros_like(p)
+    label_is_v[nonzero] = same[nonzero] * np.log(same[nonzero] / seen[nonzero])
+    # labels y != v in view of v: a random draw, probability 0.5 p(y) r each
+    other = 0.5 * r * ((plogp.sum() - plogp) + (1 - p) * (np.log(0.5 * r) - np.log(seen)))
+    in_view = -(label_is_v + other).sum()
+    return float(0.8 * entropy + 0.2 * in_view)
 
 
 def plateau_exit_step(curve: Iterable[tuple[int, float]], plateau_loss: float,
@@ -41,40 +62,61 @@ def plateau_exit_step(curve: Iterable[tuple[int, float]], plateau_loss: float,
 
 
 class PlateauWatch(Callback):
-    """Logs the first step's training loss and the unigram plateau's loss at the start, and the step at which
-    the mean training loss of a logging interval first falls `PLATEAU_MARGIN` below the plateau; all three go
-    to final_metrics.json, so that a run that spent its budget stuck says so. Kept across resumes."""
+    """Logs the first batch's training loss and the plateau's loss (`context_free_loss`) at the start, and the
+    optimizer step at which the mean training loss of a logging interval first falls `PLATEAU_MARGIN` below the
+    plateau; all three go to final_metrics.json, so that a run that spent its budget stuck says so. Global rank
+    0 alone watches (its own batches); kept across resumes."""
 
-    def __init__(self, log_every_n_steps: int, special_ids: Iterable[int]) -> None:
+    def __init__(self, log_every_n_steps: int, special_ids: Iterable[int], mask_rule: str = "80-10-10") -> None:
         self.log_every_n_steps = max(log_every_n_steps, 1)
-        self.special_ids = list(special_ids)
+        self.special_ids, self.mask_rule = list(special_ids), mask_rule
         self.first_step_loss: float | None = None
         self.plateau_loss: float | None = None
         self.exit_step: int | None = None
+        self._last_step: int | None = None
+        self._measured = False  # an interval was compared with the plateau in this process
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return
         if self.plateau_loss is None:
-            split = trainer.datamodule.train_split
-            self.plateau_loss = unigram_entropy(split.tokens, pl_module.config.vocab_size, self.special_ids)
-            log.info("unigram plateau: loss %.3f (the token frequencies alone); leaving it means a training loss "
-                     "below %.3f", self.plateau_loss, self.plateau_loss * (1 - PLATEAU_MARGIN))
+            p = token_frequencies(trainer.datamodule.train_split.tokens, pl_module.config.vocab_size, self.special_ids)
+            self.plateau_loss = context_free_loss(p, self.mask_rule)
+        log.info("unigram plateau: loss %.3f (the best without the context: the token frequencies%s); leaving it "
+                 "means a training loss below %.3f", self.plateau_loss,
+                 "" if self.mask_rule == "all-mask" else ", and the token 80-10-10 leaves in view",
+                 self.plateau_loss * (1 - PLATEAU_MARGIN))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        if not trainer.is_global_zero or not stepped:  # with accumulation, a step ends every K batches
+            return
         if self.first_step_loss is None and pl_module.first_step_loss is not None:
             self.first_step_loss = float(pl_module.first_step_loss)
             log.info("first step: training loss %.3f (plateau %.3f)", self.first_step_loss, self.plateau_loss)
-        if trainer.global_step % self.log_every_n_steps or not pl_module.interval_losses():
+        if trainer.global_step % self.log_every_n_steps == 0:
+            self._check(trainer.global_step, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._check(trainer.global_step, pl_module)  # the last, partial interval
+
+    def _check(self, step: int, pl_module: pl.LightningModule) -> None:
+        batches = pl_module.interval_losses()
+        if not batches or self.plateau_loss is None:
             return
         mean = pl_module.take_interval_loss()
-        if self.exit_step is None and plateau_exit_step([(trainer.global_step, mean)], self.plateau_loss) is not None:
-            self.exit_step = trainer.global_step
-            log.info("left the unigram plateau (%.3f) at step %d: mean training loss %.3f over the last %d steps",
-                     self.plateau_loss, self.exit_step, mean, self.log_every_n_steps)
+        self._measured = True
+        if self.exit_step is None and plateau_exit_step([(step, mean)], self.plateau_loss) is not None:
+            self.exit_step = step
+            log.info("left the unigram plateau (%.3f) at step %d: mean training loss %.3f over the last %d batches",
+                     self.plateau_loss, step, mean, batches)
 
     def summary(self) -> dict[str, float | int | None]:
         """The figures for final_metrics.json; warns when the run ended on the plateau."""
-        if self.exit_step is None and self.plateau_loss is not None:
+        if self.exit_step is None and self._measured:
             log.warning("the run ended on the unigram plateau (training loss never %.0f%% below %.3f): the budget "
                         "was spent before the model used the context; train longer (--max-time) or smaller "
                         "(--model-size)", PLATEAU_MARGIN * 100, self.plateau_loss)

@@ -281,14 +281,19 @@ class TrainingClock(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
 
+    @property
+    def session_seconds(self) -> float:
+        """Training seconds of this process (a resumed run's earlier sessions excluded)."""
+        return self.seconds - self.prior_seconds
+
     def session_mfu(self, pl_module: pl.LightningModule) -> float | None:
         """This process's model FLOPs utilisation over its training seconds (validation excluded); None
         where the peak is unknown."""
         tokens, _, masked = pl_module.seen.tolist()
-        if not self.peak_flops or self.config is None or self._session_seconds <= 0 or not tokens:
+        if not self.peak_flops or self.config is None or self.session_seconds <= 0 or not tokens:
             return None
         rate = masked / tokens
-        return tokens / self._session_seconds * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
+        return tokens / self.session_seconds * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
 
     def state_dict(self) -> dict[str, float]:
         # with several processes, the clock that decided the stop: a run resumed after it must not train on
