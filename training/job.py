@@ -159,7 +159,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if plan.num_workers:
         start_worker_helpers()
     log.info("device plan: %s", plan)
-    run = read_run_config(cfg.job_dir) if cfg.resume is not False else None
+    recorded = cfg.resume is not False and os.path.isfile(os.path.join(cfg.job_dir, "run_config.json"))
+    run = read_run_config(cfg.job_dir) if recorded else None  # an unusable --job-dir is check_job_dir's to refuse
     if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
         earlier = (run or {}).get("config", {})
         cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
