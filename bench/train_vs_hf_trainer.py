@@ -154,8 +154,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=300_000, help="reviews to generate (default: %(default)s)")
     p.add_argument("--text-file", help="run steps 1 and 2 on this text file (one text a line) instead")
     p.add_argument("--vocab-size", type=int, default=30_000, help="step 2's, with --text-file (default: %(default)s)")
-    p.add_argument("--seconds", type=float, nargs="+", default=[60, 150, 600],
-                   help="training budgets; each is a separate comparison (default: %(default)s)")
+    p.add_argument("--seconds", type=float, nargs="*", default=[60, 150, 600],
+                   help="training budgets of (a); each is a separate comparison; none with --trainer-seconds runs "
+                        "the Trainer alone (default: %(default)s)")
     p.add_argument("--try", dest="try_flags", nargs="*", default=[], metavar="FLAGS",
                    help='more (a) runs, each with these run_training.py flags, e.g. "--mlm-probability 0.15"')
     p.add_argument("--repeats", type=int, default=1,
@@ -208,7 +209,8 @@ def main() -> None:
                                                     flags) for r in range(args.repeats)]
         if seconds in trainer_seconds:
             trainer[seconds] = compare_with_trainer(corpus, tokenizer, seconds, table, args)
-    print_table(table, args.seconds)
+    if args.seconds:
+        print_table(table, args.seconds)
     target = args.target_loss
     if target is None and args.reference_seconds in trainer:
         target = trainer[args.reference_seconds]["b1 (Trainer, line by line)"]["val_loss"]
