@@ -9,7 +9,8 @@ import torch
 from conftest import TINY_MODEL, run_in_process
 from training import config, devices
 from training.config import TrainingConfig, choose_model_size
-from training.plateau import PLATEAU_MARGIN, PlateauWatch, context_free_loss, plateau_exit_step, token_frequencies
+from training.plateau import (PLATEAU_MARGIN, PlateauWatch, UnigramOutputBias, context_free_loss, plateau_exit_step,
+                              token_frequencies, unigram_log_prior)
 
 AVX2 = "processor\t: 0\ncpu MHz\t\t: 1800.000\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 AVX512_BF16 = "flags\t\t: fpu avx avx2 fma avx512f avx512_bf16\n"
@@ -92,6 +93,27 @@ def test_the_plateau_exit_is_the_first_interval_clearly_below_it():
     assert plateau_exit_step([(10, plateau * (1 - PLATEAU_MARGIN) - 1e-6)], plateau) == 10
 
 
+def test_a_fresh_model_starts_on_the_plateau_with_the_unigram_output_bias():
+    from training.model import MaskedLMModule
+
+    tokens = np.array([5, 5, 6, 7, 2] * 200 + [8], dtype=np.uint16)
+    p = token_frequencies(tokens, 12, special_ids=[0, 1, 2, 3])
+    prior = unigram_log_prior(p)
+    assert np.allclose(np.exp(prior[[5, 6, 7]]), [0.5, 0.25, 0.25], atol=1e-3)
+    assert (prior[[0, 1, 2, 3, 4, 9, 10, 11]] == prior[8]).all()  # unseen and special: the rarest seen token's share
+    module = MaskedLMModule(vocab_size=12, model_size="tiny", hidden_size=16, num_layers=1, num_heads=2)
+    split = type("Split", (), {"tokens": tokens})()
+    trainer = type("T", (), {"datamodule": type("D", (), {"train_split": split})()})()
+    UnigramOutputBias(special_ids=[0, 1, 2, 3]).setup(trainer, module, "fit")
+    head = module.model.lm_head
+    assert torch.equal(head.bias, torch.from_numpy(prior).float()) and head.decoder.bias is head.bias
+    # the model's guess before it uses any context: the token frequencies, up to the small random weights
+    logits = module.model(torch.tensor([[0, 4, 2]])).logits[0, 1].softmax(-1)
+    assert logits[[5, 6, 7]].tolist() == pytest.approx([0.5, 0.25, 0.25], abs=0.05)
+    UnigramOutputBias(special_ids=[]).setup(trainer, module, "validate")  # only a fit initialises
+    assert torch.equal(head.bias, torch.from_numpy(prior).float())
+
+
 class _Module:
     def __init__(self, losses):
         self.losses, self.first_step_loss, self.taken = losses, torch.tensor(9.5), []
@@ -139,10 +161,11 @@ def test_a_run_writes_its_plateau_first_loss_and_mfu(pipeline_run):
 
     metrics = pipeline_run["final_metrics"]
     assert metrics["first_step_loss"] > metrics["unigram_plateau_loss"] > 0
-    # vocabulary 1,000: a fresh model's loss is near ln(1000) = 6.9, the frequencies' below it
-    assert metrics["first_step_loss"] == pytest.approx(math.log(1000), abs=0.7)
-    # 40 steps of a small model: far below its first loss, not clearly below the plateau (with the token in view)
-    assert metrics["val_loss"] < metrics["first_step_loss"] - 1 and "plateau_exit_step" in metrics
+    # vocabulary 1,000: with a zero output bias a fresh model's loss would be near ln(1000) = 6.9; with the unigram
+    # one it starts at the frequencies' entropy, a tenth above the plateau (80-10-10's token in view)
+    assert metrics["first_step_loss"] < math.log(1000) - 1
+    assert metrics["first_step_loss"] == pytest.approx(metrics["unigram_plateau_loss"] / 0.9, rel=0.08)
+    assert metrics["val_loss"] < metrics["first_step_loss"] and "plateau_exit_step" in metrics
     peak = devices.cpu_peak_flops("32-true")
     if peak is None:  # not an x86 CPU with AVX2
         return

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 
 log = logging.getLogger("training")
@@ -51,6 +52,32 @@ def context_free_loss(p: np.ndarray, mask_rule: str = "80-10-10") -> float:
     other = 0.5 * r * ((plogp.sum() - plogp) + (1 - p) * (np.log(0.5 * r) - np.log(seen)))
     in_view = -(label_is_v + other).sum()
     return float(0.8 * entropy + 0.2 * in_view)
+
+
+def unigram_log_prior(p: np.ndarray) -> np.ndarray:
+    """log p per token, tokens never seen (and special ones) at the rarest seen token's share: the output bias
+    with which a model's masked-token guess, before it uses any context, is the token frequencies."""
+    seen = p[p > 0]
+    floor = seen.min() if seen.size else 1.0 / len(p)
+    return np.log(np.maximum(p, floor))
+
+
+class UnigramOutputBias(Callback):
+    """Sets the output layer's bias of a fresh model to `unigram_log_prior` of the training tokens, so that it
+    starts on the unigram plateau instead of spending its first hundreds of steps climbing down from log(vocab)
+    to it (a zero bias moves by about the learning rate a step). Runs at setup, before a resumed run's
+    checkpoint replaces the weights; every rank computes the same bias from the same tokens."""
+
+    def __init__(self, special_ids: Iterable[int]) -> None:
+        self.special_ids = list(special_ids)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        p = token_frequencies(trainer.datamodule.train_split.tokens, pl_module.config.vocab_size, self.special_ids)
+        bias = pl_module.model.lm_head.bias  # RoBERTa's decoder.bias is this same tensor
+        with torch.no_grad():
+            bias.copy_(torch.from_numpy(unigram_log_prior(p)).to(bias.dtype))
 
 
 def plateau_exit_step(curve: Iterable[tuple[int, float]], plateau_loss: float,

@@ -26,7 +26,8 @@ common.check_own_checkout(__file__)
 # which --help and a mistyped flag should not wait for.
 from common import ArgumentParser, run_main
 from training.config import (DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_MLM_PROBABILITY, DEFAULT_SCHEDULE,
-                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, TrainingConfig, validate_config)
+                             DEFAULT_WARMUP_RATIO, MASK_RULES, MODEL_SIZES, OUTPUT_BIASES, TrainingConfig,
+                             validate_config)
 from training.schedule import SCHEDULES, WARMUP_CAP
 
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
     m = p.add_argument_group("model")
     m.add_argument("--model-size", choices=list(MODEL_SIZES),
-                   help="preset (hidden/layers/heads): tiny 256/4/4, small 512/4/8, base 768/4/12 (default: with "
+                   help="preset (hidden/layers/heads): mini 128/4/2, tiny 256/4/4, small 512/4/8, base 768/4/12 (default: with "
                         "--max-time, the size measured to reach the lowest loss at that budget on this kind of device, "
                         "logged and recorded in run_config.json (docs/training.md); without it, base)")
     m.add_argument("--hidden-size", type=int, help="override the preset's hidden size")
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=0.0,
                    help="hidden and attention dropout while pretraining; 0 as in ModernBERT and Cramming: faster, and "
                         "lower loss when the data is seen about once; RoBERTa used 0.1 (default: %(default)s)")
+    m.add_argument("--output-bias", choices=OUTPUT_BIASES, default="unigram",
+                   help="initial bias of the output layer of a fresh model: unigram = the log of the training tokens' "
+                        "frequencies, so the model starts on the unigram plateau instead of spending its first hundreds "
+                        "of steps getting there; zero = RoBERTa's; not used with --init-from (default: %(default)s)")
     m.add_argument("--attention", choices=["auto", "sdpa", "eager"], default="auto",
                    help="attention implementation: auto = PyTorch SDPA on GPUs, eager on CPUs (measured faster there "
                         "for short sequences) (default: %(default)s)")
