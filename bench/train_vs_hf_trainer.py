@@ -6,14 +6,15 @@ time, and time to the Trainer's quality.
     python bench/train_vs_hf_trainer.py --skip-trainer --seconds 150 --repeats 2 --try "--mlm-probability 0.15"
     python bench/train_vs_hf_trainer.py --text-file reviews.txt --vocab-size 8000 --seconds 30 60 150 600
 
-Same corpus, tokenizer and model (tiny: hidden 256, 4 layers, 4 heads, feed-forward 1024), each run in a
-fresh process for the same seconds of training:
+Same corpus and tokenizer, each run in a fresh process for the same seconds of training:
   (a)  this project as a user with a time budget runs it: `--max-time SECONDS` and nothing else that shapes
-       training (model size, batch, rate, masking, schedule, precision are its defaults; on CPUs the budget
-       chooses tiny); its MFU and the step it left the unigram plateau are printed too
-  (b1) transformers.Trainer + DataCollatorForLanguageModeling, line by line with dynamic padding
-       (run_mlm.py --line_by_line, and the 2021 demo), batch 32, its tuned rate 5e-4, the RoBERTa config's
-       defaults, 30 warmup steps, then linear decay over a horizon far beyond the budget
+       training (model size, batch, rate, masking, schedule, precision, output bias are its defaults; the
+       budget chooses the size, SIZE_BY_BUDGET in training/config.py); its MFU and the step it left the
+       unigram plateau are printed too
+  (b1) transformers.Trainer + DataCollatorForLanguageModeling training tiny (hidden 256, 4 layers, 4 heads),
+       line by line with dynamic padding (run_mlm.py --line_by_line, and the 2021 demo), batch 32, its tuned
+       rate 5e-4, the RoBERTa config's defaults, 30 warmup steps, then linear decay over a horizon far beyond
+       the budget
   (b2) the same Trainer with run_mlm.py's default grouping into 128-token blocks
   (a+) with --try: (a) again with each given set of extra flags (a sweep), --repeats times with seeds
        --seed, --seed+1, ...: the table gives each setting's mean loss and spread (max - min) per budget

@@ -30,11 +30,19 @@ def test_init_from_continues_from_the_exported_weights(tmp_path, pipeline_run):
     # the budget chooses no size for a model that has one (nor, with it, base's rate for tiny's)
     assert run["config"]["model_size"] is None and run["model_size_reason"] is None
     assert run["identity"]["model_size"] == "init_from"
-    short_run(pipeline_run, tmp_path / "fresh", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL)
+    # RoBERTa's zero output bias: a fresh model far from the exported one (the unigram bias starts close to it)
+    short_run(pipeline_run, tmp_path / "fresh", "--path-to-tokenizer", pipeline_run["tokenizer"], *TINY_MODEL,
+              "--output-bias", "zero")
     continued, _ = first_and_last_val_loss(tmp_path / "continued")
     fresh, _ = first_and_last_val_loss(tmp_path / "fresh")
     assert abs(continued - exported_loss) < 0.05, (continued, exported_loss)
     assert continued < fresh - 0.5, (continued, fresh)
+    # the model keeps its own output bias: no unigram one written over it (2 steps at 1e-6 move it by 2e-6)
+    from safetensors.torch import load_file
+
+    bias = [load_file(os.path.join(job, "model", "model.safetensors"))["lm_head.bias"]
+            for job in (pipeline_run["job"], tmp_path / "continued")]
+    assert (bias[0] - bias[1]).abs().max() < 1e-4
     card = open(tmp_path / "continued" / "model" / "README.md").read()
     assert "hidden 64, layers 2" in card  # the architecture came from the model, not from the flags
     from huggingface_hub import ModelCard

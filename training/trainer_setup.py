@@ -236,9 +236,9 @@ class TrainingClock(Callback):
             # For plots against tokens seen and training time (training/plot_learning_curves.py).
             metrics["progress/tokens_seen"] = float(pl_module.seen_before[0] + tokens * trainer.world_size)
             metrics["progress/train_seconds"] = now
-            if self.peak_flops and self.config is not None:
-                rate = (masked - masked_then) / (tokens - tokens_then)  # ~13.5% at 15%: special tokens never masked
-                metrics["throughput/mfu"] = per_device * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
+            mfu = self._mfu(tokens - tokens_then, masked - masked_then, now - then)
+            if mfu is not None:
+                metrics["throughput/mfu"] = mfu
             pl_module.log("throughput/tokens_per_sec", metrics["throughput/tokens_per_sec"], prog_bar=True, logger=False)
         self._last_log = current
         # Written here, not through self.log: Lightning hands a step's logged values to the logger only after
@@ -263,10 +263,14 @@ class TrainingClock(Callback):
         if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
             trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
         device = trainer.strategy.root_device
-        self.peak_flops = peak_flops(device, str(trainer.precision), self.peak_tflops)
-        if device.type == "cpu" and self.peak_flops and not self.peak_tflops:
-            log.info("MFU against this CPU's estimated peak: %.0f GFLOP/s (%s; --peak-tflops overrides)",
-                     self.peak_flops / 1e9, cpu_peak_flops(str(trainer.precision))[1])
+        if device.type == "cpu" and not self.peak_tflops:
+            cpu_peak = cpu_peak_flops(str(trainer.precision))  # None: not an x86 CPU with AVX2
+            self.peak_flops = cpu_peak[0] if cpu_peak else None
+            if cpu_peak:
+                log.info("MFU against this CPU's estimated peak: %.0f GFLOP/s (%s; --peak-tflops overrides)",
+                         cpu_peak[0] / 1e9, cpu_peak[1])
+        else:
+            self.peak_flops = peak_flops(device, str(trainer.precision), self.peak_tflops)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -290,10 +294,15 @@ class TrainingClock(Callback):
         """This process's model FLOPs utilisation over its training seconds (validation excluded); None
         where the peak is unknown."""
         tokens, _, masked = pl_module.seen.tolist()
-        if not self.peak_flops or self.config is None or self.session_seconds <= 0 or not tokens:
+        return self._mfu(tokens, masked, self.session_seconds)
+
+    def _mfu(self, tokens: int, masked: int, seconds: float) -> float | None:
+        """Model FLOPs utilisation of `tokens` non-pad tokens (`masked` of them labelled) trained by this rank in
+        `seconds`; None where the peak is unknown."""
+        if not self.peak_flops or self.config is None or seconds <= 0 or not tokens:
             return None
-        rate = masked / tokens
-        return tokens / self.session_seconds * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
+        rate = masked / tokens  # ~13.5% at 15%: special tokens are never masked
+        return tokens / seconds * flops_per_token(self.config, self.seq_len, rate) / self.peak_flops
 
     def state_dict(self) -> dict[str, float]:
         # with several processes, the clock that decided the stop: a run resumed after it must not train on
