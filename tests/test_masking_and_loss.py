@@ -85,6 +85,7 @@ def test_batch_rate_and_masking_default_to_the_device_and_the_model_size():
     tiny, base = resolve_defaults(given(model_size="tiny"), cpu_batch), resolve_defaults(given(), gpu_batch)
     assert (tiny.batch_size, tiny.lr, base.batch_size, base.lr) == (8, 1e-3, 32, 5e-4)
     assert tiny.mlm_probability == base.mlm_probability == 0.3
+    assert resolve_defaults(given(model_size="mini"), cpu_batch).lr == 2e-3
     chosen = resolve_defaults(given(model_size="tiny", batch_size=64, lr=3e-4, mlm_probability=0.15), cpu_batch)
     assert (chosen.batch_size, chosen.lr, chosen.mlm_probability) == (64, 3e-4, 0.15)  # what the user gives is kept
 
@@ -264,7 +265,7 @@ def test_no_weight_decay_on_bias_and_layernorm():
 
 
 def test_model_config_of_each_size_carries_the_tokenizer_ids():
-    expected = {"tiny": (256, 4, 4), "small": (512, 4, 8), "base": (768, 4, 12)}
+    expected = {"mini": (128, 4, 2), "tiny": (256, 4, 4), "small": (512, 4, 8), "base": (768, 4, 12)}
     for size, (hidden, layers, heads) in expected.items():
         c = build_config(8000, size, pad_token_id=1, bos_token_id=0, eos_token_id=2)
         assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (hidden, layers, heads)

@@ -15,15 +15,18 @@ MODEL_SIZES = {
     "base": (768, 4, 12, 3072),
 }
 # The preset a --max-time budget gets when --model-size is not given, per kind of device: (budget up to, in
-# seconds, preset), the first row whose budget is at least the run's. Each row is the size that reached the lowest
-# validation loss at those budgets in docs/benchmarks.md ("The budget chooses the size"); past the last measured
-# budget the last measured winner is kept. GPUs were not measured (no GPU was lent): they keep base, the demo's.
+# seconds, preset, why), the first row whose budget is at least the run's. The measurements are in
+# docs/benchmarks.md ("The budget chooses the size").
 SIZE_BY_BUDGET = {
-    "cpu": ((float("inf"), "mini"),),  # float32
-    "cpu-bf16": ((float("inf"), "tiny"),),
-    "gpu": ((float("inf"), "base"),),
+    "cpu": (  # float32
+        (150, "mini", "the lowest loss at 30, 60 and 150 s on real titles, reviews and prose, against tiny"),
+        (float("inf"), "tiny", "past 150 s, not measured against mini (whose lead over tiny shrank as the budget "
+                               "grew); tiny beat small at 30-150 s"),
+    ),
+    "cpu-bf16": ((float("inf"), "tiny", "base reached 7.09 in 534 s where tiny reached 4.4 in 600 s (mini not "
+                                        "measured with bf16)"),),
+    "gpu": ((float("inf"), "base", "the demo's size: budgets were not measured on GPUs"),),
 }
-UNMEASURED_KINDS = ("gpu",)
 DEFAULT_MODEL_SIZE = "base"  # without --max-time: the 2021 demo's model
 MAX_POSITIONS = 514  # RoBERTa: 512 tokens, plus the padding index and the offset it causes
 MASK_RULES = ("80-10-10", "all-mask")
@@ -32,8 +35,8 @@ OUTPUT_BIASES = ("unigram", "zero")
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_SCHEDULE, DEFAULT_WARMUP_RATIO = "wsd", 0.06  # chosen by measurement: see docs/design.md's schedule table
 # Peak learning rate when --lr is not given. tiny: 1e-3 reached a lower loss than 5e-4 within a time budget on
-# real titles; mini: 2e-3 beat 1e-3 at 60 s on review text; small and base keep 5e-4, since base at 1e-3 (batch 8) stayed on the unigram plateau with a
-# rising training loss over 220 steps (docs/benchmarks.md).
+# real titles; mini: 2e-3 beat 1e-3 at 60 s on review text; small and base keep 5e-4, since base at 1e-3
+# (batch 8) stayed on the unigram plateau with a rising training loss over 220 steps (docs/benchmarks.md).
 DEFAULT_LR = {"mini": 2e-3, "tiny": 1e-3, "small": 5e-4, "base": 5e-4}
 # Share of tokens masked in training when --mlm-probability is not given. 30% (MosaicBERT's, ModernBERT's)
 # reached a lower validation loss (scored at 15%) than 15% at 60, 150 and 600 s on real product titles,
@@ -57,7 +60,7 @@ class TrainingConfig:
     num_layers: int | None = None
     num_heads: int | None = None
     dropout: float = 0.0
-    output_bias: str = "unigram"
+    output_bias: str | None = None  # None: unigram for a fresh model, a resumed run's own (job.train)
     attention: str = "auto"
     max_steps: int | None = None  # None: DEFAULT_MAX_STEPS, or no limit when max_time is given
     max_time: str | None = None
@@ -110,7 +113,7 @@ def validate_config(cfg: TrainingConfig) -> None:
          f"--accumulate-grad-batches must be at least 1, got {cfg.accumulate_grad_batches}"),
         (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.mlm_probability is None or 0 < cfg.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {cfg.mlm_probability}"),
-        (cfg.output_bias in OUTPUT_BIASES, f"--output-bias must be one of {', '.join(OUTPUT_BIASES)}, got {cfg.output_bias!r}"),
+        (cfg.output_bias is None or cfg.output_bias in OUTPUT_BIASES, f"--output-bias must be one of {', '.join(OUTPUT_BIASES)}, got {cfg.output_bias!r}"),
         (cfg.mask_rule in MASK_RULES, f"--mask-rule must be one of {', '.join(MASK_RULES)}, got {cfg.mask_rule!r}"),
         (8 <= cfg.max_seq_length <= MAX_POSITIONS - 2,
          f"--max-seq-length must be between 8 and {MAX_POSITIONS - 2} (the model's position embeddings), "
@@ -190,13 +193,8 @@ def choose_model_size(cfg: TrainingConfig, device_kind: str) -> tuple[TrainingCo
     seconds = parse_max_time(cfg.max_time)
     if seconds is None:
         return replace(cfg, model_size=DEFAULT_MODEL_SIZE), f"no --max-time: {DEFAULT_MODEL_SIZE}, the default"
-    limit, size = next(row for row in SIZE_BY_BUDGET[device_kind] if seconds <= row[0])
-    span = "any budget" if limit == float("inf") else f"budgets up to {limit:.0f} s"
-    if device_kind in UNMEASURED_KINDS:
-        return replace(cfg, model_size=size), (f"--max-time {seconds:.0f} s on a {device_kind}: {size}, the demo's "
-                                               f"size (budgets were not measured on this kind of device)")
-    return replace(cfg, model_size=size), (f"--max-time {seconds:.0f} s on a {device_kind} device: {size}, the size "
-                                           f"measured to reach the lowest loss there at {span} (docs/benchmarks.md)")
+    _, size, why = next(row for row in SIZE_BY_BUDGET[device_kind] if seconds <= row[0])
+    return replace(cfg, model_size=size), f"--max-time {seconds:.0f} s on a {device_kind} device: {size}, {why}"
 
 
 def resolve_defaults(cfg: TrainingConfig, plan_batch_size: int) -> TrainingConfig:

@@ -164,6 +164,10 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
         earlier = (run or {}).get("config", {})
         cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
+        # its weights are the checkpoint's: the output bias it started with is recorded (runs before the flag: zero)
+        cfg = replace(cfg, output_bias=earlier.get("output_bias") or "zero")
+    # --init-from: the model keeps its own output bias
+    cfg = replace(cfg, output_bias=None if pretrained is not None else cfg.output_bias or "unigram")
     size_reason = None
     if pretrained is None:  # --init-from: the model's own config; the rate stays base's (resolve_defaults)
         cfg, size_reason = keep_or_choose_model_size(cfg, run, device_kind(plan))
@@ -201,7 +205,7 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
         module.model.load_state_dict(pretrained.state_dict())
     signals = StopSignals()
     plateau = PlateauWatch(cfg.log_every_n_steps, tokenizer.all_special_ids, cfg.mask_rule)
-    output_bias = [UnigramOutputBias(tokenizer.all_special_ids)] if cfg.output_bias == "unigram" and pretrained is None else []
+    output_bias = [UnigramOutputBias(tokenizer.all_special_ids)] if cfg.output_bias == "unigram" else []
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,
@@ -265,7 +269,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
                                  trainer.logger.experiment, trainer.global_step)
         training = {k: getattr(cfg, k) for k in ("batch_size", "accumulate_grad_batches", "max_seq_length", "packing",
                                                  "attend_across_sentences", "mlm_probability", "mask_rule", "lr", "lr_schedule",
-                                                 "warmup_steps", "decay_ratio", "weight_decay", "dropout", "seed")}
+                                                 "warmup_steps", "decay_ratio", "weight_decay", "dropout", "output_bias",
+                                                 "seed")}
         training.update(max_steps=max_steps, max_time=cfg.max_time, warmup_ratio=None if cfg.warmup_steps is not None
                         else warmup_ratio(cfg), effective_batch_size=effective_batch)
         training["attention"] = module.model.config._attn_implementation

@@ -55,10 +55,11 @@ def context_free_loss(p: np.ndarray, mask_rule: str = "80-10-10") -> float:
 
 
 def unigram_log_prior(p: np.ndarray) -> np.ndarray:
-    """log p per token, tokens never seen (and special ones) at the rarest seen token's share: the output bias
-    with which a model's masked-token guess, before it uses any context, is the token frequencies."""
-    seen = p[p > 0]
-    floor = seen.min() if seen.size else 1.0 / len(p)
+    """log p per token: the output bias with which a model's masked-token guess, before it uses any context, is
+    the token frequencies. Tokens never seen (special ones included) share the rarest seen token's share
+    between them: never impossible, and not a mass that would raise the first loss."""
+    seen, unseen = p[p > 0], int((p == 0).sum())
+    floor = seen.min() / max(unseen, 1) if seen.size else 1.0 / len(p)
     return np.log(np.maximum(p, floor))
 
 
@@ -75,9 +76,11 @@ class UnigramOutputBias(Callback):
         if stage != "fit":
             return
         p = token_frequencies(trainer.datamodule.train_split.tokens, pl_module.config.vocab_size, self.special_ids)
-        bias = pl_module.model.lm_head.bias  # RoBERTa's decoder.bias is this same tensor
-        with torch.no_grad():
-            bias.copy_(torch.from_numpy(unigram_log_prior(p)).to(bias.dtype))
+        head = pl_module.model.lm_head
+        prior = torch.from_numpy(unigram_log_prior(p))
+        with torch.no_grad():  # decoder.bias is what the forward pass adds; lm_head.bias is tied to it, or saved
+            for bias in {id(b): b for b in (head.decoder.bias, head.bias)}.values():
+                bias.copy_(prior.to(bias.dtype))
 
 
 def plateau_exit_step(curve: Iterable[tuple[int, float]], plateau_loss: float,

@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=0.0,
                    help="hidden and attention dropout while pretraining; 0 as in ModernBERT and Cramming: faster, and "
                         "lower loss when the data is seen about once; RoBERTa used 0.1 (default: %(default)s)")
-    m.add_argument("--output-bias", choices=OUTPUT_BIASES, default="unigram",
+    m.add_argument("--output-bias", choices=OUTPUT_BIASES,
                    help="initial bias of the output layer of a fresh model: unigram = the log of the training tokens' "
-                        "frequencies, so the model starts on the unigram plateau instead of spending its first hundreds "
-                        "of steps getting there; zero = RoBERTa's; not used with --init-from (default: %(default)s)")
+                        "frequencies, so the model starts at their entropy instead of spending its first hundreds of "
+                        "steps getting there; zero = RoBERTa's; not used with --init-from (default: unigram; a resumed "
+                        "run records its own)")
     m.add_argument("--attention", choices=["auto", "sdpa", "eager"], default="auto",
                    help="attention implementation: auto = PyTorch SDPA on GPUs, eager on CPUs (measured faster there "
                         "for short sequences) (default: %(default)s)")
