@@ -49,7 +49,20 @@ def test_peak_flops_are_the_dense_figures_of_each_hopper_chip():
     assert {name: devices.hopper_chip(name) for name in names} == names
     assert devices.HOPPER_PEAK_FLOPS["h100 sxm"][0] == 989.4e12 and devices.HOPPER_PEAK_FLOPS["h100 nvl"][0] < 900e12
     assert devices.peak_flops(torch.device("mps"), "32-true") is None  # unknown: no MFU rather than a wrong one
-    assert devices.peak_flops(torch.device("cpu"), "bf16-mixed", override_tflops=300) == 300e12
+    assert devices.peak_flops(torch.device("cpu"), "bf16-mixed", override_tflops=300) == (300e12, "--peak-tflops")
+
+
+def test_peak_flops_on_a_gpu_give_the_figure_and_where_it_came_from(monkeypatch):
+    from lightning_fabric.utilities import throughput
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert devices.peak_flops(cuda, "bf16-mixed") == (989.4e12, "h100 sxm's datasheet")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: 312e12)
+    assert devices.peak_flops(cuda, "bf16-mixed") == (312e12, "Lightning's table")
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: None)  # a chip it does not list
+    assert devices.peak_flops(cuda, "bf16-mixed") is None
 
 
 def test_mfu_counts_the_masking_rate_measured(tokenizer):

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_MODEL, run_in_process
 from training import config, devices
 from training.config import TrainingConfig, choose_model_size
-from training.plateau import (PLATEAU_MARGIN, PlateauWatch, UnigramOutputBias, context_free_loss, plateau_exit_step,
-                              token_frequencies, unigram_log_prior)
+from training.plateau import (PLATEAU_MARGIN, PlateauWatch, TrainingTokenFrequencies, UnigramOutputBias,
+                              context_free_loss, plateau_exit_step, token_frequencies, unigram_log_prior)
 
 AVX2 = "processor\t: 0\ncpu MHz\t\t: 1800.000\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 AVX512_BF16 = "flags\t\t: fpu avx avx2 fma avx512f avx512_bf16\n"
@@ -108,15 +108,38 @@ def test_a_fresh_model_starts_on_the_plateau_with_the_unigram_output_bias():
         module.model.lm_head.decoder.weight.zero_()
     split = type("Split", (), {"tokens": tokens})()
     trainer = type("T", (), {"datamodule": type("D", (), {"train_split": split})()})()
-    UnigramOutputBias(special_ids=[0, 1, 2, 3]).setup(trainer, module, "fit")
+    frequencies = TrainingTokenFrequencies(special_ids=[0, 1, 2, 3])
+    UnigramOutputBias(frequencies).setup(trainer, module, "fit")
     head = module.model.lm_head
     assert torch.equal(head.bias, torch.from_numpy(prior).float()) and head.decoder.bias is head.bias
     # the model's guess before it uses any context: the token frequencies
     guess = module.model(torch.tensor([[0, 4, 2]])).logits[0, 1].softmax(-1)
     assert guess.tolist() == pytest.approx(np.exp(prior) / np.exp(prior).sum(), abs=1e-6)
     assert guess[[5, 6, 7]].tolist() == pytest.approx([0.5, 0.25, 0.25], abs=3e-3)
-    UnigramOutputBias(special_ids=[]).setup(trainer, module, "validate")  # only a fit initialises
+    UnigramOutputBias(TrainingTokenFrequencies([])).setup(trainer, module, "validate")  # only a fit initialises
     assert torch.equal(head.bias, torch.from_numpy(prior).float())
+
+
+def test_the_token_frequencies_are_counted_once_for_the_bias_and_the_plateau(monkeypatch):
+    from training import plateau
+
+    counted = []
+    monkeypatch.setattr(plateau, "token_frequencies", lambda *a: counted.append(a) or token_frequencies(*a))
+    module = type("M", (), {"config": type("C", (), {"vocab_size": 12})()})()
+    module.model = type("LM", (), {"lm_head": torch.nn.Linear(4, 12)})()
+    module.model.lm_head.decoder = module.model.lm_head
+    split = type("Split", (), {"tokens": np.array([5, 5, 6, 7] * 50, dtype=np.uint16)})()
+    trainer = type("T", (), {"datamodule": type("D", (), {"train_split": split})(), "global_step": 0,
+                             "is_global_zero": True})()
+    frequencies = TrainingTokenFrequencies(special_ids=[0, 1, 2, 3])
+    UnigramOutputBias(frequencies).setup(trainer, module, "fit")
+    watch = PlateauWatch(10, frequencies)
+    watch.on_train_start(trainer, module)
+    assert len(counted) == 1 and watch.plateau_loss == context_free_loss(frequencies(trainer, 12))
+    with pytest.raises(ValueError):  # shared, so read-only: one callback cannot change the other's
+        frequencies(trainer, 12)[5] = 0
+    trainer.datamodule.train_split = type("Split", (), {"tokens": np.array([8] * 10, dtype=np.uint16)})()
+    assert frequencies(trainer, 12)[8] == 1 and len(counted) == 2  # another split: counted again
 
 
 class _Module:
@@ -133,7 +156,7 @@ class _Module:
 
 def test_the_watch_records_first_loss_and_exit_and_keeps_them_across_a_resume(caplog):
     trainer = type("T", (), {"global_step": 0, "is_global_zero": True})()
-    watch = PlateauWatch(10, special_ids=[])
+    watch = PlateauWatch(10, TrainingTokenFrequencies([]))
     watch.plateau_loss, watch._last_step = 7.0, 0
     module = _Module([7.1, 6.9, 6.5, 5.0])
     for batch in range(80):  # two batches a step (--accumulate-grad-batches 2): 40 steps
@@ -141,10 +164,10 @@ def test_the_watch_records_first_loss_and_exit_and_keeps_them_across_a_resume(ca
         watch.on_train_batch_end(trainer, module, None, None, batch)
     assert module.taken == [4, 3, 2, 1]  # once an interval of steps, not once a batch
     assert (watch.first_step_loss, watch.exit_step) == (9.5, 30)  # 6.5 < 7 x 0.95; 6.9 is not
-    resumed = PlateauWatch(10, special_ids=[])
+    resumed = PlateauWatch(10, TrainingTokenFrequencies([]))
     resumed.load_state_dict(json.loads(json.dumps(watch.state_dict())))
     assert resumed.summary() == {"first_step_loss": 9.5, "unigram_plateau_loss": 7.0, "plateau_exit_step": 30}
-    stuck = PlateauWatch(10, special_ids=[])
+    stuck = PlateauWatch(10, TrainingTokenFrequencies([]))
     stuck.plateau_loss, stuck._last_step = 7.0, 0
     trainer.global_step = 10
     stuck.on_train_batch_end(trainer, _Module([7.2]), None, None, 0)
@@ -152,7 +175,7 @@ def test_the_watch_records_first_loss_and_exit_and_keeps_them_across_a_resume(ca
         assert stuck.summary()["plateau_exit_step"] is None
     assert "ended on the unigram plateau" in caplog.text
     caplog.clear()
-    unmeasured = PlateauWatch(10, special_ids=[])  # shorter than an interval: no verdict
+    unmeasured = PlateauWatch(10, TrainingTokenFrequencies([]))  # shorter than an interval: no verdict
     unmeasured.plateau_loss = 7.0
     with caplog.at_level("WARNING", logger="training"):
         unmeasured.summary()

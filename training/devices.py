@@ -193,14 +193,13 @@ def cpu_peak_flops(precision: str, threads: int | None = None, cpuinfo: str | No
     return threads * per_cycle * ghz * 1e9, f"{threads} threads x 2 FMA units x {what} x 2 x {ghz:.2f} GHz"
 
 
-def peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> float | None:
-    """Peak dense FLOP/s of the device at this precision, for MFU; None where unknown (unlisted GPUs, MPS,
-    CPUs other than x86)."""
+def peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> tuple[float, str] | None:
+    """Peak dense FLOP/s of the device at this precision, for MFU, and how it was found; None where unknown
+    (unlisted GPUs, MPS, CPUs other than x86)."""
     if override_tflops:
-        return override_tflops * 1e12
+        return override_tflops * 1e12, "--peak-tflops"
     if device.type == "cpu":
-        peak = cpu_peak_flops(precision)
-        return peak[0] if peak else None
+        return cpu_peak_flops(precision)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -208,11 +207,12 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float | No
     tf32 = not half and torch.get_float32_matmul_precision() != "highest"
     chip = hopper_chip(name)
     if chip is not None and (half or tf32):
-        return HOPPER_PEAK_FLOPS[chip][0 if half else 1]
+        return HOPPER_PEAK_FLOPS[chip][0 if half else 1], f"{chip}'s datasheet"
     from lightning_fabric.utilities.throughput import get_available_flops
 
     dtype = torch.bfloat16 if "bf16" in precision else (torch.float16 if half else ("tfloat32" if tf32 else torch.float32))
-    return get_available_flops(device, dtype)
+    flops = get_available_flops(device, dtype)
+    return (flops, "Lightning's table") if flops else None
 
 
 def hopper_chip(device_name: str) -> str | None:

@@ -20,7 +20,7 @@ from training.export import export_model
 from training.job_dir import check_job_dir, read_run_config, record_job_dir, resume_checkpoint
 from training.model_card import corpus_manifest, model_card, model_name, read_json
 from training.model import MaskedLMModule, perplexity
-from training.plateau import PlateauWatch, UnigramOutputBias
+from training.plateau import PlateauWatch, TrainingTokenFrequencies, UnigramOutputBias
 from training.token_cache import file_sha256, files_fingerprint
 from training.devices import apply_plan, check_strategy, device_kind, device_type, plan_for_device
 from training.trainer_setup import StopRequested, StopSignals, build_trainer, tensorboard_logger
@@ -204,8 +204,9 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     if pretrained is not None:
         module.model.load_state_dict(pretrained.state_dict())
     signals = StopSignals()
-    plateau = PlateauWatch(cfg.log_every_n_steps, tokenizer.all_special_ids, cfg.mask_rule)
-    output_bias = [UnigramOutputBias(tokenizer.all_special_ids)] if cfg.output_bias == "unigram" else []
+    frequencies = TrainingTokenFrequencies(tokenizer.all_special_ids)  # read by both: computed once
+    plateau = PlateauWatch(cfg.log_every_n_steps, frequencies, cfg.mask_rule)
+    output_bias = [UnigramOutputBias(frequencies)] if cfg.output_bias == "unigram" else []
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,

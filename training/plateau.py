@@ -63,19 +63,36 @@ def unigram_log_prior(p: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(p, floor))
 
 
+class TrainingTokenFrequencies:
+    """`token_frequencies` of the training split, computed once for every callback that reads them."""
+
+    def __init__(self, special_ids: Iterable[int]) -> None:
+        self.special_ids = list(special_ids)
+        self._key: tuple[Any, int] | None = None  # (the split, the vocabulary size) the frequencies are of
+        self._p: np.ndarray | None = None
+
+    def __call__(self, trainer: pl.Trainer, vocab_size: int) -> np.ndarray:
+        split = trainer.datamodule.train_split
+        if self._p is None or self._key[0] is not split or self._key[1] != vocab_size:
+            self._p = token_frequencies(split.tokens, vocab_size, self.special_ids)
+            self._p.setflags(write=False)  # shared by the callbacks: none may change it for the others
+            self._key = (split, vocab_size)
+        return self._p
+
+
 class UnigramOutputBias(Callback):
     """Sets the output layer's bias of a fresh model to `unigram_log_prior` of the training tokens, so that it
     starts on the unigram plateau instead of spending its first hundreds of steps climbing down from log(vocab)
     to it (a zero bias moves by about the learning rate a step). Runs at setup, before a resumed run's
     checkpoint replaces the weights; every rank computes the same bias from the same tokens."""
 
-    def __init__(self, special_ids: Iterable[int]) -> None:
-        self.special_ids = list(special_ids)
+    def __init__(self, frequencies: TrainingTokenFrequencies) -> None:
+        self.frequencies = frequencies
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        p = token_frequencies(trainer.datamodule.train_split.tokens, pl_module.config.vocab_size, self.special_ids)
+        p = self.frequencies(trainer, pl_module.config.vocab_size)
         head = pl_module.model.lm_head
         prior = torch.from_numpy(unigram_log_prior(p))
         with torch.no_grad():  # decoder.bias is what the forward pass adds; lm_head.bias is tied to it, or saved
@@ -97,9 +114,10 @@ class PlateauWatch(Callback):
     plateau; all three go to final_metrics.json, so that a run that spent its budget stuck says so. Global rank
     0 alone watches (its own batches); kept across resumes."""
 
-    def __init__(self, log_every_n_steps: int, special_ids: Iterable[int], mask_rule: str = "80-10-10") -> None:
+    def __init__(self, log_every_n_steps: int, frequencies: TrainingTokenFrequencies,
+                 mask_rule: str = "80-10-10") -> None:
         self.log_every_n_steps = max(log_every_n_steps, 1)
-        self.special_ids, self.mask_rule = list(special_ids), mask_rule
+        self.frequencies, self.mask_rule = frequencies, mask_rule
         self.first_step_loss: float | None = None
         self.plateau_loss: float | None = None
         self.exit_step: int | None = None
@@ -111,7 +129,7 @@ class PlateauWatch(Callback):
         if not trainer.is_global_zero:
             return
         if self.plateau_loss is None:
-            p = token_frequencies(trainer.datamodule.train_split.tokens, pl_module.config.vocab_size, self.special_ids)
+            p = self.frequencies(trainer, pl_module.config.vocab_size)
             self.plateau_loss = context_free_loss(p, self.mask_rule)
         log.info("unigram plateau: loss %.3f (the best without the context: the token frequencies%s); leaving it "
                  "means a training loss below %.3f", self.plateau_loss,

@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--cache-dir", help="where tokenised splits are cached (default: JOB/cache); share it between jobs")
     m = p.add_argument_group("model")
     m.add_argument("--model-size", choices=list(MODEL_SIZES),
-                   help="preset (hidden/layers/heads): mini 128/4/2, tiny 256/4/4, small 512/4/8, base 768/4/12 (default: with "
-                        "--max-time, the size measured to reach the lowest loss at that budget on this kind of device, "
-                        "logged and recorded in run_config.json (docs/training.md); without it, base)")
+                   help="preset (hidden/layers/heads): mini 128/4/2, tiny 256/4/4, small 512/4/8, base 768/4/12 "
+                        "(default: with --max-time, the size measured to reach the lowest loss at that budget on this "
+                        "kind of device, logged and recorded in run_config.json (docs/training.md); without it, base)")
     m.add_argument("--hidden-size", type=int, help="override the preset's hidden size")
     m.add_argument("--num-layers", type=int, help="override the preset's number of layers")
     m.add_argument("--num-heads", type=int, help="override the preset's number of attention heads")
@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each sentence attends only to itself")
     t.add_argument("--mlm-probability", type=float,
                    help="share of tokens masked in training; validation always masks 15%%, so runs with other rates "
-                        f"compare (default: {DEFAULT_MLM_PROBABILITY}, which reached a lower loss than 0.15 at 60, 150 and 600 s on product titles, "
-                        "and tied with it at 60 and 150 s on review text, lower at 600 s)")
+                        f"compare (default: {DEFAULT_MLM_PROBABILITY}, which reached a lower loss than 0.15 at 60, "
+                        "150 and 600 s on product titles, and tied with it at 60 and 150 s on review text, lower at 600 s)")
     t.add_argument("--mask-rule", choices=MASK_RULES, default="80-10-10",
                    help="what a chosen token becomes in training: 80-10-10 = <mask> 80%%, a random token 10%%, itself "
                         "10%% (BERT, RoBERTa); all-mask = always <mask>; validation uses 80-10-10 (default: %(default)s)")

@@ -15,7 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from transformers import RobertaConfig
 
 from common import UsageError, replace_durably
-from training.devices import DevicePlan, cpu_peak_flops, peak_flops
+from training.devices import DevicePlan, peak_flops
 from training.model import flops_per_token
 
 log = logging.getLogger("training")
@@ -263,14 +263,11 @@ class TrainingClock(Callback):
         if self.max_seconds is not None and self.prior_seconds >= self.max_seconds:
             trainer.should_stop = True  # resumed after the budget was spent (killed in the final validation)
         device = trainer.strategy.root_device
-        if device.type == "cpu" and not self.peak_tflops:
-            cpu_peak = cpu_peak_flops(str(trainer.precision))  # None: not an x86 CPU with AVX2
-            self.peak_flops = cpu_peak[0] if cpu_peak else None
-            if cpu_peak:
-                log.info("MFU against this CPU's estimated peak: %.0f GFLOP/s (%s; --peak-tflops overrides)",
-                         cpu_peak[0] / 1e9, cpu_peak[1])
-        else:
-            self.peak_flops = peak_flops(device, str(trainer.precision), self.peak_tflops)
+        peak = peak_flops(device, str(trainer.precision), self.peak_tflops)
+        self.peak_flops = peak[0] if peak else None
+        if peak and trainer.is_global_zero:
+            log.info("MFU against a peak of %.0f GFLOP/s (%s%s)", peak[0] / 1e9, peak[1],
+                     "" if self.peak_tflops else "; --peak-tflops overrides")
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
