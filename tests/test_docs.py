@@ -181,3 +181,16 @@ def test_readme_own_data_examples_run(tmp_path):
     assert json.loads((tmp_path / "data" / "corpus" / "manifest.json").read_text())["rows_kept"] > 100
     manifest = json.loads((tmp_path / "data" / "reviews" / "manifest.json").read_text())
     assert [f["revision"] for f in manifest["source"]["remote_files"]] == [hub.main[AMAZON]] * 2
+
+
+def test_the_documented_size_table_is_the_one_the_budget_uses():
+    from training.config import SIZE_BY_BUDGET
+
+    text = open(os.path.join(REPO, "docs", "training.md"), encoding="utf-8").read()
+    low = None
+    for limit, size, _ in SIZE_BY_BUDGET["cpu"]:
+        budget = f"up to {limit:g} s" if limit != float("inf") else f"past {low:g} s"
+        assert f"| CPU, float32 (`32-true`) | {budget} | `{size}` |" in text, (budget, size)
+        low = limit
+    first = SIZE_BY_BUDGET["cpu"][0]
+    assert f"`{first[1]}` on float32 CPUs up to {first[0]:g} s" in open(os.path.join(REPO, "README.md")).read()
