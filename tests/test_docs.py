@@ -193,4 +193,4 @@ def test_the_documented_size_table_is_the_one_the_budget_uses():
         assert f"| CPU, float32 (`32-true`) | {budget} | `{size}` |" in text, (budget, size)
         low = limit
     first = SIZE_BY_BUDGET["cpu"][0]
-    assert f"`{first[1]}` on float32 CPUs up to {first[0]:g} s" in open(os.path.join(REPO, "README.md")).read()
+    assert f"`{first[1]}` on float32 CPUs up to {first[0]:g} s" in open(os.path.join(REPO, "README.md"), encoding="utf-8").read()

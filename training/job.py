@@ -161,7 +161,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     log.info("device plan: %s", plan)
     recorded = cfg.resume is not False and os.path.isfile(os.path.join(cfg.job_dir, "run_config.json"))
     run = read_run_config(cfg.job_dir) if recorded else None  # an unusable --job-dir is check_job_dir's to refuse
-    if resume_checkpoint(cfg):  # a resumed run keeps its batch, rate and masking unless given
+    resuming = resume_checkpoint(cfg) is not None
+    if resuming:  # a resumed run keeps its batch, rate and masking unless given
         earlier = (run or {}).get("config", {})
         cfg = replace(cfg, **{k: earlier.get(k) for k in ("batch_size", "lr", "mlm_probability") if getattr(cfg, k) is None})
         # its weights are the checkpoint's: the output bias it started with is recorded (runs before the flag: zero)
@@ -206,7 +207,8 @@ def train(cfg: TrainingConfig) -> dict[str, Any]:
     signals = StopSignals()
     frequencies = TrainingTokenFrequencies(tokenizer.all_special_ids)  # read by both: computed once
     plateau = PlateauWatch(cfg.log_every_n_steps, frequencies, cfg.mask_rule)
-    output_bias = [UnigramOutputBias(frequencies)] if cfg.output_bias == "unigram" else []
+    # a resumed run's bias comes with its weights from the checkpoint: nothing to count or set
+    output_bias = [UnigramOutputBias(frequencies)] if cfg.output_bias == "unigram" and not resuming else []
     trainer, clock, last = build_trainer(
         cfg.job_dir, plan, max_steps, cfg.validate_every_n_steps, cfg.checkpoint_every_n_steps, cfg.accelerator,
         cfg.devices, cfg.strategy, cfg.num_nodes, max_seconds, cfg.log_every_n_steps,

@@ -83,8 +83,8 @@ class TrainingTokenFrequencies:
 class UnigramOutputBias(Callback):
     """Sets the output layer's bias of a fresh model to `unigram_log_prior` of the training tokens, so that it
     starts on the unigram plateau instead of spending its first hundreds of steps climbing down from log(vocab)
-    to it (a zero bias moves by about the learning rate a step). Runs at setup, before a resumed run's
-    checkpoint replaces the weights; every rank computes the same bias from the same tokens."""
+    to it (a zero bias moves by about the learning rate a step). Runs at setup, for a fresh model only (a resumed
+    run's bias is its checkpoint's); every rank computes the same bias from the same tokens."""
 
     def __init__(self, frequencies: TrainingTokenFrequencies) -> None:
         self.frequencies = frequencies
